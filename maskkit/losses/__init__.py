@@ -1,0 +1,1 @@
+"""Objectives (image-text InfoNCE, NT-Xent, BYOL). Importing this package registers them."""
