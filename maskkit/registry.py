@@ -125,7 +125,9 @@ class Registry:
 
     def names(self) -> list[str]:
         """Sorted names of built-in, decorated and entry-point plugins."""
-        return sorted(set(self._items) | set(self._discover()))
+        # Discover first, because that imports the built-in package and so fills self._items.
+        entry_points = self._discover()
+        return sorted(set(self._items) | set(entry_points))
 
     def build(self, spec: str | Mapping[str, Any] | Any, **kwargs) -> Any:
         """Instantiate ``spec`` (a name, a dict with ``type``, or an already built object)."""
@@ -151,7 +153,8 @@ class Registry:
         return spec
 
     def __contains__(self, name: str) -> bool:
-        return name in self._items or name in self._discover()
+        entry_points = self._discover()  # imports the built-in package first
+        return name in self._items or name in entry_points
 
     def __repr__(self) -> str:
         return f"Registry({self.kind!r}, group={self.group!r}, names={self.names()})"

@@ -1,0 +1,146 @@
+"""Turn a maskkit training checkpoint into a plain open_clip checkpoint.
+
+maskkit writes two kinds of checkpoint:
+
+- MMEngine checkpoints: ``{"meta", "state_dict", "optimizer", "message_hub", ...}``
+  where ``state_dict`` holds the whole MMEngine model, so the open_clip host sits
+  under a prefix (for example ``method.model.``, plus ``module.`` under DDP) next
+  to the EMA teacher, projection heads and a learned scorer.
+- open_clip launcher checkpoints: open_clip_train's layout (``state_dict`` with
+  an optional ``module.`` prefix, ``epoch``, ``optimizer``) or a bare state
+  dict, plus one top-level ``"maskkit"`` entry with maskkit's extra state.
+
+Both reduce to the host model's own state dict, which
+``open_clip.create_model(name, pretrained=FILE)`` loads strictly.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+__all__ = ["MASKKIT_STATE_KEY", "extract_open_clip_state_dict", "load_checkpoint_file", "export_open_clip"]
+
+logger = logging.getLogger(__name__)
+
+MASKKIT_STATE_KEY = "maskkit"
+
+# Every open_clip CLIP, CustomTextCLIP and CoCa has a top-level logit_scale; the
+# EMA teacher (vision tower + projector) and the heads never have one.
+_ANCHOR_KEY = "logit_scale"
+
+
+def load_checkpoint_file(path: str | Path) -> Mapping[str, Any]:
+    """Load a checkpoint dict on the CPU with ``weights_only=True``.
+
+    MMEngine checkpoints also pickle its ``HistoryBuffer`` and numpy scalars,
+    which plain ``weights_only`` loading rejects, so those classes are
+    allow-listed here. Nothing else is unpickled.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: the file is not a checkpoint dict.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+
+    with torch.serialization.safe_globals(_mmengine_safe_globals()):
+        try:
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:  # pickle errors have many types; name the file
+            raise ValueError(f"failed to read checkpoint {path}: {error}") from error
+
+    if not isinstance(checkpoint, Mapping):
+        raise ValueError(f"checkpoint {path} holds a {type(checkpoint).__name__}, expected a dict")
+    return checkpoint
+
+
+def _mmengine_safe_globals() -> list:
+    """Classes MMEngine 0.10.x pickles into its checkpoints besides tensors."""
+    allowed: list = []
+    try:
+        import numpy as np
+
+        # numpy 2 moved its internals from numpy.core to numpy._core.
+        multiarray = np._core.multiarray if hasattr(np, "_core") else np.core.multiarray
+        allowed += [np.ndarray, np.dtype, multiarray._reconstruct, multiarray.scalar]
+        allowed += [type(np.dtype(name)) for name in ("float64", "float32", "int64", "int32", "bool")]
+    except (ImportError, AttributeError):
+        pass
+    try:
+        from mmengine.logging.history_buffer import HistoryBuffer
+
+        allowed.append(HistoryBuffer)
+    except ImportError:
+        pass
+    try:
+        from mmengine.config.config import ConfigDict
+
+        allowed.append(ConfigDict)
+    except ImportError:
+        pass
+    return allowed
+
+
+def _model_state(checkpoint: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """Return the tensor entries of the model part of ``checkpoint``."""
+    state = checkpoint.get("state_dict", checkpoint)
+    if not isinstance(state, Mapping):
+        raise ValueError(f"checkpoint entry 'state_dict' is a {type(state).__name__}, expected a dict")
+    return {key: value for key, value in state.items() if key != MASKKIT_STATE_KEY and torch.is_tensor(value)}
+
+
+def _host_prefix(keys: list[str]) -> str:
+    """Find the prefix under which the open_clip host model's keys sit."""
+    prefixes = sorted(
+        (key[: -len(_ANCHOR_KEY)] for key in keys if key == _ANCHOR_KEY or key.endswith("." + _ANCHOR_KEY)),
+        key=len,
+    )
+    if not prefixes:
+        raise ValueError(
+            f"no open_clip model found in the checkpoint: no {_ANCHOR_KEY!r} entry among "
+            f"{len(keys)} keys (first: {keys[:5]})"
+        )
+    host = [prefix for prefix in prefixes if "teacher" not in prefix]
+    return (host or prefixes)[0]
+
+
+def extract_open_clip_state_dict(checkpoint: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """Return the open_clip host model's state dict from a maskkit checkpoint.
+
+    Keys are stripped of the wrapper prefix (``module.``, ``method.model.``
+    and the like); teacher, head, scorer and optimizer entries are dropped.
+
+    Example:
+        >>> import torch
+        >>> ckpt = {"state_dict": {"method.model.logit_scale": torch.zeros(()),
+        ...                        "method.model.visual.proj": torch.zeros(2, 2),
+        ...                        "method.teacher.visual.proj": torch.zeros(2, 2)}}
+        >>> sorted(extract_open_clip_state_dict(ckpt))
+        ['logit_scale', 'visual.proj']
+    """
+    state = _model_state(checkpoint)
+    prefix = _host_prefix(list(state))
+    host = {key[len(prefix):]: value for key, value in state.items() if key.startswith(prefix)}
+    if not any(key.startswith("visual.") for key in host):
+        raise ValueError(f"the model under prefix {prefix!r} has no 'visual.' entries, so it is not an open_clip model")
+    logger.info("kept %d of %d tensors under prefix %r", len(host), len(state), prefix)
+    return host
+
+
+def export_open_clip(checkpoint_path: str | Path, out_path: str | Path) -> dict[str, torch.Tensor]:
+    """Write the open_clip state dict found in ``checkpoint_path`` to ``out_path``.
+
+    Returns the written state dict. Tensors are saved contiguous and on the CPU
+    so ``torch.load(..., weights_only=True)`` reads the file.
+    """
+    state = extract_open_clip_state_dict(load_checkpoint_file(checkpoint_path))
+    state = {key: value.detach().cpu().contiguous() for key, value in state.items()}
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(state, out_path)
+    return state

@@ -1,0 +1,3 @@
+_base_ = './_base_vit_b16_yfcc15m.py'
+
+model = dict(preset='clip')
