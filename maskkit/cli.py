@@ -133,7 +133,7 @@ def _run_train(args: argparse.Namespace) -> int:
 
 
 def _run_eval(args: argparse.Namespace) -> int:
-    from maskkit.cli_runner import evaluate
+    from maskkit.cli_eval import evaluate
 
     metrics = evaluate(args.recipe, args.checkpoint, work_dir=args.work_dir, cfg_options=args.cfg_options,
                        data=args.data, classnames=args.classnames, templates=args.templates)
@@ -142,7 +142,7 @@ def _run_eval(args: argparse.Namespace) -> int:
 
 
 def _run_masks(args: argparse.Namespace) -> int:
-    from maskkit.cli_runner import draw_masks
+    from maskkit.cli_masks import draw_masks
 
     draw_masks(args.recipe, args.checkpoint, out=args.out, cfg_options=args.cfg_options,
                images=args.images, num_images=args.num_images)

@@ -1,9 +1,8 @@
-"""MMEngine runs behind ``maskkit train`` and ``maskkit eval``.
+"""The MMEngine run behind ``maskkit train``.
 
 The recipe's config is built into an MMEngine ``Runner``; this module adds a
-tqdm progress bar over training iterations, reads the ``metrics.json`` that
-the recipe's metrics writer leaves in the work dir, and points evaluation at a
-user's CSV file or webdataset shards.
+tqdm progress bar over training iterations and reads the ``metrics.json`` that
+the recipe's ``MetricsJSONHook`` leaves in the work dir.
 """
 
 from __future__ import annotations
@@ -15,7 +14,7 @@ from typing import Any, Sequence
 
 from maskkit.cli_config import check_data_paths, drop_unset_validation, load_recipe_config
 
-__all__ = ["METRICS_FILE", "train", "evaluate", "read_metrics"]
+__all__ = ["METRICS_FILE", "train", "read_metrics", "build_runner"]
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +89,8 @@ def read_metrics(work_dir: str | Path) -> dict[str, Any] | None:
         return json.load(handle)
 
 
-def _build_runner(cfg):
+def build_runner(cfg):
+    """Build an MMEngine Runner from ``cfg``; registry lookup failures become usage errors."""
     from mmengine.runner import Runner
 
     import maskkit.integrations.mmengine  # noqa: F401  registers the "maskkit" scope
@@ -113,15 +113,13 @@ def train(recipe: str, work_dir: Path | None = None, cfg_options: Sequence[str] 
     check_data_paths(cfg)
     cfg.launcher = launcher
     if resume:
-        # The files in the work dir were written by this command, so loading them fully is safe.
-        from maskkit.integrations.mmengine.compat import set_trust_checkpoints
-
-        set_trust_checkpoints(True)
+        # Checkpoints saved with RNGStateHook hold tensors and plain values only, so they load
+        # with weights_only=True; others need MASKKIT_TRUST_CHECKPOINTS=1 (see the compat module).
         cfg.resume = True
         cfg.load_from = None
     _prepare_distributed(cfg, launcher)
 
-    runner = _build_runner(cfg)
+    runner = build_runner(cfg)
     runner.register_hook(_progress_hook())
     with logging_redirect_tqdm(loggers=[MMLogger.get_current_instance(), logging.getLogger("maskkit")]):
         runner.train()
@@ -131,69 +129,3 @@ def train(recipe: str, work_dir: Path | None = None, cfg_options: Sequence[str] 
     if metrics is None:
         logger.warning("the recipe wrote no %s in %s", METRICS_FILE, cfg.work_dir)
     return metrics
-
-
-def _eval_dataset(data: Path, classnames: Path | None, templates: Path | None, base: dict) -> dict:
-    """Build the dataset config for a user CSV file or webdataset shard pattern."""
-    text = str(data)
-    image_size = base.get("image_size", 224)
-    if text.endswith((".csv", ".tsv")):
-        if not data.is_file():
-            raise _usage_error(f"--data: CSV file not found: {data}")
-        separator = "\t" if text.endswith(".tsv") else ","
-        return dict(type="CsvImageTextDataset", path=text, separator=separator, image_size=image_size)
-    if ".tar" in text:
-        return dict(type="WebDatasetImageText", shards=text, image_size=image_size)
-    raise _usage_error(f"--data {data}: expected a .csv/.tsv file or a webdataset shard pattern ending in .tar, "
-                       "for example /data/val-{000000..000003}.tar")
-
-
-def _read_lines(path: Path | None, option: str) -> list[str] | None:
-    if path is None:
-        return None
-    if not path.is_file():
-        raise _usage_error(f"{option}: file not found: {path}")
-    lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    if not lines:
-        raise _usage_error(f"{option}: {path} holds no non-empty lines")
-    return lines
-
-
-def evaluate(recipe: str, checkpoint: Path, work_dir: Path | None = None, cfg_options: Sequence[str] = (),
-             data: Path | None = None, classnames: Path | None = None,
-             templates: Path | None = None) -> dict[str, Any]:
-    """Evaluate ``checkpoint`` with the recipe's metrics, on its validation data or on ``data``."""
-    if not checkpoint.is_file():
-        raise _usage_error(f"checkpoint not found: {checkpoint}")
-    cfg, name = load_recipe_config(recipe, cfg_options, work_dir or Path("work_dirs") / f"{name_of(recipe)}_eval")
-    names = _read_lines(classnames, "--classnames")
-    prompts = _read_lines(templates, "--templates")
-    if prompts is not None and not all("{}" in prompt for prompt in prompts):
-        raise _usage_error(f"--templates: every line of {templates} must contain '{{}}' for the class name")
-
-    if data is not None:
-        loader = cfg.val_dataloader[0] if isinstance(cfg.val_dataloader, (list, tuple)) else cfg.val_dataloader
-        loader.dataset = _eval_dataset(data, classnames, templates, dict(loader.dataset))
-        cfg.val_dataloader = loader
-        evaluator = cfg.val_evaluator[0] if isinstance(cfg.val_evaluator, (list, tuple)) else cfg.val_evaluator
-        cfg.val_evaluator = evaluator
-    check_data_paths(cfg, ("val_dataloader",))
-    evaluator = cfg.val_evaluator
-    for metric in evaluator if isinstance(evaluator, (list, tuple)) else [evaluator]:
-        if names is not None:
-            metric["classnames"] = names
-        elif data is not None:
-            metric["classnames"] = None
-        if prompts is not None:
-            metric["templates"] = prompts
-
-    cfg.load_from = str(checkpoint)
-    cfg.resume = False
-    runner = _build_runner(cfg)
-    metrics = runner.val()
-    return {key: value for key, value in (metrics or {}).items()}
-
-
-def name_of(recipe: str) -> str:
-    """Return the file stem a recipe name or path refers to."""
-    return Path(recipe).stem

@@ -1,7 +1,7 @@
 """Install a :class:`~maskkit.TokenSelector` in the patch-dropout slot of a ViT.
 
 The slot sits after the position embedding and before the pre-norm in every
-supported host, so the selector sees position-embedded tokens. Hosts are found
+supported host, so the selector receives position-embedded tokens. Hosts are found
 by duck typing, without importing open_clip or timm:
 
 - open_clip ``VisionTransformer`` (``model.visual`` of ``CLIP`` and
@@ -101,10 +101,10 @@ def _output_format(method, args, kwargs) -> Optional[str]:
 
 @dataclass
 class AttachHandle:
-    """Record of one :func:`attach`; ``remove()`` puts the original slot back.
+    """Record of one :func:`attach`, whose ``remove()`` puts the original slot back.
 
     Attributes:
-        host: the module whose slot holds the selector.
+        host: the module whose slot contains the selector.
         slot: attribute name of the slot on ``host``.
         selector: the attached selector.
         num_prefix_tokens: prefix tokens of the host, copied to the selector.
@@ -127,8 +127,8 @@ class AttachHandle:
         host = self.host
         if host._modules.get(self.slot) is not self.selector:
             raise RuntimeError(
-                f"{type(host).__name__}.{self.slot} no longer holds the attached selector; "
-                "it was replaced after attach, so the original slot cannot be restored"
+                f"cannot restore {type(host).__name__}.{self.slot}: it no longer contains the attached "
+                "selector because something replaced it after attach"
             )
         # Put the original value back where nn.Module stored it: a module in
         # `_modules`, or a plain attribute (Eva's None) in the instance dict.
@@ -179,7 +179,7 @@ class _NCHWGuard:
         if self.selector.active and _output_format(method, args, kwargs) == "NCHW":
             raise ValueError(
                 "forward_intermediates with output_fmt='NCHW' is invalid while a TokenSelector drops "
-                "tokens, because the kept tokens no longer fill the patch grid; pass output_fmt='NLC' "
+                "tokens, because the kept tokens no longer fill the patch grid. Pass output_fmt='NLC' "
                 "(image_output_fmt='NLC' on an open_clip CLIP), switch to eval mode without "
                 "eval_keep_ratio, or remove the selector with handle.remove()"
             )
@@ -202,7 +202,7 @@ def attach(model: nn.Module, selector: TokenSelector) -> AttachHandle:
 
     Raises:
         TypeError: no supported slot was found (the message lists what was searched).
-        ValueError: the host already holds a selector, the selector is attached
+        ValueError: the host already contains a selector, the selector is attached
             elsewhere, or the host's grid does not fit the selector's settings.
     """
     if not isinstance(selector, TokenSelector):
@@ -212,14 +212,14 @@ def attach(model: nn.Module, selector: TokenSelector) -> AttachHandle:
     current = getattr(host, slot.name)
     if isinstance(current, TokenSelector):
         raise ValueError(
-            f"{type(host).__name__}.{slot.name} already holds a TokenSelector; "
-            "call remove() on its AttachHandle before attaching another"
+            f"{type(host).__name__}.{slot.name} already contains a TokenSelector. "
+            "Call remove() on its AttachHandle before attaching another."
         )
     if getattr(selector, "_attached_handle", None) is not None:
         other = selector._attached_handle.host
         raise ValueError(
-            f"this selector is already attached to a {type(other).__name__}; "
-            "use one selector per host or remove the first attachment"
+            f"this selector is already attached to a {type(other).__name__}. "
+            "Use one selector per host, or call remove() on the first AttachHandle."
         )
 
     h, w = slot.grid

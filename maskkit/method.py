@@ -198,15 +198,16 @@ class MaskedContrastiveCLIP(nn.Module):
                 masked = name in self.masked_views and self.selector is not None
                 grid = tower_grid(tower, tuple(view.shape[-2:]))
                 scores = None
-                if masked and teacher is not None:
+                if masked and warm:
+                    scores = torch.rand(view.shape[0], grid[0] * grid[1], generator=generator, device=device)
+                elif masked and teacher is not None:
                     out, teacher_box, _ = teacher
                     scores = warp_scores(out.scores.float(), out.grid, teacher_box, views.boxes[index], grid,
                                          flip=views.flipped[index])
-                    if hasattr(self.scorer, "set_target"):
+                    if self.selector.scorer is not None:
+                        # A token scorer (learned) still selects; the teacher's map only supervises it.
                         self.scorer.set_target(scores)
-                        scores = None  # the learned scorer selects; the teacher only supervises it
-                if masked and warm:
-                    scores = torch.rand(view.shape[0], grid[0] * grid[1], generator=generator, device=device)
+                        scores = None
                 if not masked:
                     context = self._selector_off()
                 elif scores is not None:
@@ -260,7 +261,7 @@ class MaskedContrastiveCLIP(nn.Module):
                                  "objectives": _plain(self.objectives.state_dict())}
         if self.teacher is not None:
             state["teacher"] = _plain(self.teacher.state_dict())
-        scorer_state = _scorer_state(self.scorer)
+        scorer_state = _scorer_state(self.scorer, self.teacher)
         if scorer_state:
             state["scorer"] = scorer_state
         return state
@@ -288,11 +289,13 @@ def _plain(state: Mapping[str, Any]) -> dict:
     return {key: value.detach().clone() if torch.is_tensor(value) else value for key, value in state.items()}
 
 
-def _scorer_state(scorer: Optional[nn.Module]) -> dict:
-    """Scorer parameters and buffers, without a teacher it only refers to."""
+def _scorer_state(scorer: Optional[nn.Module], teacher: Optional[nn.Module]) -> dict:
+    """Scorer parameters and buffers, without the tensors it shares with the teacher."""
     if scorer is None:
         return {}
-    return _plain({key: value for key, value in scorer.state_dict().items() if not key.startswith("teacher.")})
+    shared = set() if teacher is None else {value.data_ptr() for value in teacher.state_dict().values()}
+    own = {key: value for key, value in scorer.state_dict().items() if value.data_ptr() not in shared}
+    return _plain(own)
 
 
 # ----- construction -----------------------------------------------------------------------------------
@@ -376,7 +379,7 @@ def build_method(preset: str | Mapping[str, Any], model: nn.Module, *, total_ste
     """
     from maskkit.ema import EMATeacher
     from maskkit.hosting import attach
-    from maskkit.registry import OBJECTIVES, SCORERS, build_view_generator
+    from maskkit.registry import OBJECTIVES, SCORERS, VIEW_GENERATORS, build_view_generator
     from maskkit.tokens import TokenSelector
     from maskkit.towers import find_vision_tower, tower_image_size, tower_patch_size, tower_width
 
@@ -400,6 +403,11 @@ def build_method(preset: str | Mapping[str, Any], model: nn.Module, *, total_ste
     views_spec = spec["views"]
     views_spec = {"type": views_spec} if isinstance(views_spec, str) else dict(views_spec)
     views_spec.setdefault("output_size", image_size)
+    teacher_pixels = _teacher_pixels(spec.get("teacher_resolution"), image_size[0], patch)
+    view_factory = VIEW_GENERATORS.get(views_spec["type"]) if isinstance(views_spec["type"], str) else None
+    if teacher_pixels is not None and "teacher_size" in _accepted(view_factory, {"teacher_size": None}):
+        # Render the teacher view at its final size rather than resizing a full-size one.
+        views_spec.setdefault("teacher_size", teacher_pixels)
     view_generator = build_view_generator(views_spec)
 
     head_options = {"in_dim": width, "norm": spec.get("head_norm"), "hidden_dim": spec.get("head_hidden_dim"),
@@ -440,11 +448,15 @@ def build_method(preset: str | Mapping[str, Any], model: nn.Module, *, total_ste
         teacher = EMATeacher(tower, heads=ema_heads or None, total_steps=total_steps, start_decay=start,
                              end_decay=end)
 
-    teacher_pixels = _teacher_pixels(spec.get("teacher_resolution"), image_size[0], patch)
     runner = None
     scorer = None
     if scorer_spec is not None:
-        extra = {"teacher": teacher, "teacher_resolution": teacher_pixels} if "teacher_view" in requires else {}
+        if "teacher_view" in requires:
+            extra = {"teacher": teacher, "teacher_resolution": teacher_pixels}
+        else:
+            extra = _accepted(scorer_class, {"dim": width}) if scorer_class is not None else {}
+            if isinstance(scorer_spec, Mapping):
+                extra = {key: value for key, value in extra.items() if key not in scorer_spec}
         scorer = SCORERS.build(scorer_spec, **extra)
         if "teacher_view" in requires:
             runner = scorer

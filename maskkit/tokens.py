@@ -125,12 +125,12 @@ def _validate_selection(scores, grid, block_size, strategy, temperature, random_
 
 def _uniform(like: torch.Tensor, generator: Optional[torch.Generator]) -> torch.Tensor:
     # NOTE: torch.compile (torch 2.14) cannot put a torch.Generator into a graph,
-    # so with a generator each draw here is a graph break; without one, the
+    # so with a generator each draw here is a graph break. Without one, the
     # whole selection compiles into a single graph.
     if generator is not None and generator.device.type != like.device.type:
         raise ValueError(
-            f"generator is on device {generator.device} but scores are on {like.device}; "
-            "create the generator on the scores' device"
+            f"generator is on device {generator.device} but scores are on {like.device}. "
+            "Create the generator on the scores' device."
         )
     return torch.rand(like.shape, generator=generator, device=like.device, dtype=like.dtype)
 
@@ -175,7 +175,7 @@ def select_tokens(scores: torch.Tensor, grid: Optional[tuple[int, int]] = None,
     """
     _validate_selection(scores, grid, block_size, strategy, temperature, random_fraction)
     if check_finite and not torch.compiler.is_compiling() and not bool(torch.isfinite(scores).all()):
-        raise ValueError("scores contain NaN or infinite values; scores must be finite")
+        raise ValueError("scores contain NaN or infinite values, but scores must be finite")
 
     unit_scores = scores.float()
     if block_size > 1:
@@ -186,9 +186,9 @@ def select_tokens(scores: torch.Tensor, grid: Optional[tuple[int, int]] = None,
 
     ranking = unit_scores
     if strategy == "gumbel":
-        # Perturbing log-probabilities with Gumbel(0, 1) noise and taking the top k
-        # samples k items without replacement; softmax's normaliser shifts all
-        # units equally, so scores / temperature serve as log-probabilities.
+        # The top k of log-probabilities plus Gumbel(0, 1) noise is a sample of k
+        # items without replacement. Softmax's normaliser shifts all units
+        # equally, so scores / temperature can stand in for log-probabilities.
         uniform = _uniform(unit_scores, generator).clamp_min(torch.finfo(torch.float32).tiny)
         ranking = unit_scores / temperature - torch.log(-torch.log(uniform))
 
@@ -196,7 +196,7 @@ def select_tokens(scores: torch.Tensor, grid: Optional[tuple[int, int]] = None,
         unit_idx = ranking.topk(num_keep, dim=1).indices
     else:
         chosen = ranking.topk(num_keep - num_random, dim=1).indices
-        # Units chosen by score get key 2 and always stay; the rest get a uniform
+        # Units chosen by score get key 2 and always stay. The rest get a uniform
         # key in [0, 1), so the top R of those are a uniform draw without replacement.
         keys = _uniform(unit_scores, generator).scatter(1, chosen, 2.0)
         unit_idx = keys.topk(num_keep, dim=1).indices
@@ -259,8 +259,8 @@ class TokenSelector(nn.Module):
     need no more than the patch tokens.
 
     The selector owns no parameters or buffers, and it holds ``scorer`` by
-    reference without registering it, so a host's state-dict keys stay those of
-    the plain model and the scorer's parameters belong to whoever built it.
+    reference without registering it. A host's state-dict keys therefore stay
+    those of the plain model, and the scorer's parameters belong to its owner.
 
     Args:
         keep_ratio / keep_count: training keep amount in units (exactly one).
@@ -326,8 +326,8 @@ class TokenSelector(nn.Module):
         self.keep_idx: Optional[torch.Tensor] = None
         self._scores: Optional[torch.Tensor] = None
 
-    # The scorer is stored outside ``_modules``: nn.Module.__setattr__ would
-    # register it (and its parameters) as a submodule of the host model.
+    # The scorer is stored outside ``_modules`` because nn.Module.__setattr__
+    # would register it, with its parameters, as a submodule of the host model.
     @property
     def scorer(self) -> Optional[nn.Module]:
         return self.__dict__["_scorer"]
@@ -336,12 +336,12 @@ class TokenSelector(nn.Module):
     def scorer(self, scorer: Optional[nn.Module]) -> None:
         if scorer is not None:
             requires = set(getattr(scorer, "requires", ()))
-            if not requires <= {"tokens"} or not callable(getattr(scorer, "score", None)):
+            if not requires <= {"tokens"} or not callable(scorer):
                 raise ValueError(
                     f"the selector can only run scorers that need at most the patch tokens "
                     f"(requires a subset of {{'tokens'}}), got {type(scorer).__name__} with "
-                    f"requires={sorted(requires)}; run it before the forward and pass its scores "
-                    "through `with selector.use_scores(scores):`"
+                    f"requires={sorted(requires)}. Run it before the forward and pass its scores "
+                    "through `with selector.use_scores(scores):`."
                 )
         self.__dict__["_scorer"] = scorer
 
@@ -387,7 +387,7 @@ class TokenSelector(nn.Module):
         if self.grid is None:
             raise RuntimeError("TokenSelector.grid is not set; attach the selector to a model or pass grid=(h, w)")
         inputs = ScoringInputs(grid=self.grid, generator=self.generator, tokens=patches)
-        return self.scorer.score(inputs), True
+        return self.scorer(inputs), True  # through __call__, so module hooks run
 
     def forward(self, x: torch.Tensor):
         """Select tokens of ``x`` (B, P + N, C); returns (B, P + K, C), or x when inactive."""

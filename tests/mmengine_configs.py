@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from maskkit.integrations.mmengine.optim import warmup_cosine_schedule
+
 TINY_MODEL_CFG = dict(
     embed_dim=32,
     vision_cfg=dict(image_size=32, patch_size=8, width=32, layers=2, head_width=16, mlp_ratio=2.0),
     text_cfg=dict(context_length=16, vocab_size=49408, width=32, heads=2, layers=2),
 )
+
+# Small LayerNorm heads: A-CLIP's 4096-wide BatchNorm heads dominate the cost of a tiny model.
+TINY_METHOD_CFG = dict(head_hidden_dim=64, head_out_dim=32, head_norm="layer")
 
 COLLATE = dict(type="maskkit_collate", tokenizer="ViT-B-16", context_length=16)
 
@@ -19,7 +24,7 @@ def tiny_config(work_dir: str, preset: str = "aclip", max_iters: int = 4, batch_
         default_scope="maskkit",
         work_dir=work_dir,
         model=dict(type="MaskKitCLIP", preset=preset, model_cfg=TINY_MODEL_CFG,
-                   method_cfg=dict(method_cfg or {}, seed=seed)),
+                   method_cfg=dict(TINY_METHOD_CFG, seed=seed, **(method_cfg or {}))),
         train_dataloader=dict(
             batch_size=batch_size, num_workers=0,
             sampler=dict(type="InfiniteSampler", shuffle=True),
@@ -32,11 +37,8 @@ def tiny_config(work_dir: str, preset: str = "aclip", max_iters: int = 4, batch_
             optimizer=dict(type="AdamW", lr=1e-3, betas=(0.9, 0.98), eps=1e-8, weight_decay=0.1),
             clip_grad=dict(max_norm=1.0), accumulative_counts=accumulative_counts,
         ),
-        param_scheduler=[
-            dict(type="LinearLR", start_factor=0.1, by_epoch=False, begin=0, end=2),
-            dict(type="CosineAnnealingLR", T_max=max(1, max_iters - 2), eta_min=1e-5, by_epoch=False,
-                 begin=2, end=max_iters),
-        ],
+        param_scheduler=warmup_cosine_schedule(warmup_iters=min(2, max_iters - 1), max_iters=max_iters,
+                                               eta_min=1e-5, start_factor=0.1),
         default_hooks=dict(
             checkpoint=dict(type="CheckpointHook", interval=checkpoint_interval, by_epoch=False),
             logger=dict(type="LoggerHook", interval=1),

@@ -1,6 +1,6 @@
 """Every preset learns: a short run on real images lowers its loss.
 
-Each run trains a tiny open_clip model (32 px images, 8 px patches) for 30
+Each run trains a tiny open_clip model (32 px images, 8 px patches) for 20
 AdamW steps on one fixed batch of 16 images from the embedded data set
 (Fashion-MNIST items on textured backgrounds) with their captions. The views
 and masks change every step, so the loss falls only if the composed step
@@ -16,7 +16,7 @@ from conftest import tiny_open_clip
 from maskkit.method import build_method
 from maskkit.presets import list_presets
 
-STEPS = 30
+STEPS = 20
 BATCH = 16
 IMAGE_SIZE = 32
 CONTEXT = 16

@@ -55,7 +55,7 @@ def test_num_kept_units_aclip_setting():
     assert num_kept_units(196, keep_ratio=0.5) == 98
 
 
-def test_num_kept_units_rounds_half_up_and_keeps_one():
+def test_num_kept_units_rounding():
     assert num_kept_units(5, keep_ratio=0.5) == 3
     assert num_kept_units(10, keep_ratio=0.01) == 1
     assert num_kept_units(10, keep_ratio=1.0) == 10

@@ -285,3 +285,16 @@ def test_selector_with_generator_compiles_to_same_result():
         with selector.use_scores(scores):
             results.append(forward(x))
     assert torch.equal(results[0], results[1])
+
+
+def test_selector_with_random_scorer_is_seeded():
+    from maskkit.registry import build_scorer
+
+    results = []
+    for _ in range(2):
+        selector = TokenSelector(keep_ratio=0.5, block_size=2, grid=GRID, scorer=build_scorer("random"),
+                                 generator=torch.Generator().manual_seed(7)).train()
+        out = selector(tokens())
+        assert out.shape == (2, 1 + 8, 8)
+        results.append(selector.keep_idx)
+    assert torch.equal(results[0], results[1])

@@ -104,7 +104,8 @@ def test_aclip_teacher_box_contains_online_boxes(seed, batch, width, teacher_box
     teacher = views.boxes[views.teacher_index]
     assert boxes_contain(teacher, views.boxes[0]).all()
     assert boxes_contain(teacher, views.boxes[1]).all()
-    assert (teacher >= 0).all() and (teacher <= 1).all()
+    assert (teacher >= 0).all()
+    assert (teacher <= 1).all()
     assert not views.flipped[views.teacher_index].any()
 
 
@@ -115,12 +116,13 @@ def test_containing_boxes_property(seed, corners, aspect):
     for x_a, y_a, x_b, y_b in corners:
         x0, x1 = sorted((x_a, x_b))
         y0, y1 = sorted((y_a, y_b))
-        inner.append([x0, y0, max(x1, x0 + 1e-3) if x0 + 1e-3 <= 1 else x1, max(y1, y0 + 1e-3) if y0 + 1e-3 <= 1 else y1])
+        inner.append([x0, y0, x1, y1])  # zero-width boxes are allowed
     inner = torch.tensor(inner)
     ratio = (3 / 4, 4 / 3)
     outer = sample_containing_boxes(inner, seeded(seed), ratio=ratio, aspect=aspect)
     assert boxes_contain(outer, inner).all()
-    assert (outer >= 0).all() and (outer <= 1).all()
+    assert (outer >= 0).all()
+    assert (outer <= 1).all()
     pixel_ratio = (outer[:, 2] - outer[:, 0]) * aspect / (outer[:, 3] - outer[:, 1])
     # The ratio reaches the range unless the grown side already spans the whole image.
     full_width = (outer[:, 2] - outer[:, 0]) >= 1 - 1e-6
@@ -135,15 +137,18 @@ def test_crop_boxes_follow_scale_and_ratio(seed, aspect, scale):
     spec = CropSpec(scale=scale, ratio=(3 / 4, 4 / 3))
     boxes = sample_crop_boxes(64, spec, seeded(seed), aspect=aspect)
     widths, heights = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
-    assert (boxes >= 0).all() and (boxes <= 1 + 1e-6).all()
+    assert (boxes >= 0).all()
+    assert (boxes <= 1 + 1e-6).all()
     area = widths * heights
     pixel_ratio = widths * aspect / heights
-    assert (area >= scale[0] - 1e-5).all() and (area <= scale[1] + 1e-5).all()
-    assert (pixel_ratio >= 3 / 4 - 1e-4).all() and (pixel_ratio <= 4 / 3 + 1e-4).all()
+    assert (area >= scale[0] - 1e-5).all()
+    assert (area <= scale[1] + 1e-5).all()
+    assert (pixel_ratio >= 3 / 4 - 1e-4).all()
+    assert (pixel_ratio <= 4 / 3 + 1e-4).all()
 
 
 def test_crop_boxes_fall_back_to_centred_box():
-    # A 4:1 image cannot hold a square crop of 90% of its area; the fallback is centred with ratio 4/3.
+    # A 4:1 image has no square crop of 90% of its area, so the fallback is centred with ratio 4/3.
     boxes = sample_crop_boxes(5, CropSpec(scale=(0.9, 1.0), ratio=(1.0, 4 / 3)), seeded(), aspect=4.0)
     expected_width = (4 / 3) / 4.0
     torch.testing.assert_close(boxes[:, 2] - boxes[:, 0], torch.full((5,), expected_width))
@@ -171,7 +176,7 @@ def test_crop_resize_flip_mirrors_crop():
 
 @pytest.mark.parametrize("output_size", [32, 16])
 def test_single_view_crop_matches_box(output_size):
-    # On a coordinate image every output pixel holds the image position it sampled.
+    # On a coordinate image every output pixel contains the image position it sampled.
     images = coordinate_images(4, 32, 32)
     views = SingleView(output_size=output_size, **IDENTITY)(images, seeded(5))
     view, boxes = views.views[0], views.boxes[0]
@@ -242,7 +247,7 @@ def test_teacher_view_has_no_colour_change():
     views = generator(images, seeded(4))
     expected = crop_resize(images.float() / 255, views.boxes[2], (32, 32))
     torch.testing.assert_close(views["teacher"], expected, atol=1e-6, rtol=0)
-    # The online views, with grayscale p=1, have equal channels; the teacher keeps its colours.
+    # The online views, with grayscale p=1, have equal channels, but the teacher keeps its colours.
     torch.testing.assert_close(views["view1"][:, 0], views["view1"][:, 1], atol=1e-6, rtol=0)
     assert not torch.allclose(views["teacher"][:, 0], views["teacher"][:, 1])
 
@@ -308,7 +313,8 @@ def test_brightness_factors_in_range_per_sample():
     per_sample = result.flatten(1)
     assert torch.equal(per_sample.amin(1), per_sample.amax(1))
     factors = per_sample[:, 0] / 0.5
-    assert (factors >= 0.6 - 1e-6).all() and (factors <= 1.4 + 1e-6).all()
+    assert (factors >= 0.6 - 1e-6).all()
+    assert (factors <= 1.4 + 1e-6).all()
     assert factors.std() > 0.05
 
 

@@ -92,7 +92,7 @@ def test_linear_map_stays_linear(src_x, src_y, inner, flip, coefficients):
 
     dst_x, dst_y = patch_centres(dst, (14, 14), flip_mask)
     expected = a * dst_x + b * dst_y + c
-    # Only points between the first and last source centres are interpolated; outside, border padding holds.
+    # Only points between the first and last source centres are interpolated. Border padding sets the rest.
     relative_x = (dst_x - src[:, 0:1]) / width
     relative_y = (dst_y - src[:, 1:2]) / height
     interior = ((relative_x >= 0.5 / 7) & (relative_x <= 1 - 0.5 / 7)

@@ -41,19 +41,10 @@ class MultiValLoop(ValLoop):
 
     def __init__(self, runner, dataloader, evaluator, fp16: bool = False,
                  extra_sets: Sequence[dict] | None = None) -> None:
+        _check_extra_sets(extra_sets or [])
         super().__init__(runner, dataloader, evaluator, fp16=fp16)
         self.extra_sets: list[tuple[str, Any, Any]] = []
-        seen: set[str] = set()
-        for index, entry in enumerate(extra_sets or []):
-            missing = {"name", "dataloader", "evaluator"} - set(entry)
-            if missing:
-                raise ValueError(f"extra_sets[{index}] is missing {sorted(missing)}; "
-                                 "each entry needs name, dataloader and evaluator")
-            name = entry["name"]
-            if not isinstance(name, str) or not name or "/" in name or name in seen:
-                raise ValueError(f"extra_sets[{index}].name must be a unique non-empty string without '/', "
-                                 f"got {name!r}")
-            seen.add(name)
+        for entry in extra_sets or []:
             loader = entry["dataloader"]
             if isinstance(loader, dict):
                 loader = runner.build_dataloader(loader, seed=runner.seed)
@@ -62,7 +53,7 @@ class MultiValLoop(ValLoop):
                 set_evaluator = runner.build_evaluator(set_evaluator)
             if hasattr(loader.dataset, "metainfo"):
                 set_evaluator.dataset_meta = loader.dataset.metainfo
-            self.extra_sets.append((name, loader, set_evaluator))
+            self.extra_sets.append((entry["name"], loader, set_evaluator))
 
     def _evaluate(self, dataloader, evaluator) -> dict:
         for metric in evaluator.metrics:
@@ -93,3 +84,18 @@ class MultiValLoop(ValLoop):
         self.runner.call_hook("after_val_epoch", metrics=metrics)
         self.runner.call_hook("after_val")
         return metrics
+
+
+def _check_extra_sets(extra_sets: Sequence[dict]) -> None:
+    """Raise ValueError unless every entry has ``name``, ``dataloader`` and ``evaluator`` and names are unique."""
+    seen: set[str] = set()
+    for index, entry in enumerate(extra_sets):
+        missing = {"name", "dataloader", "evaluator"} - set(entry)
+        if missing:
+            raise ValueError(f"extra_sets[{index}] is missing {sorted(missing)}; "
+                             "each entry needs name, dataloader and evaluator")
+        name = entry["name"]
+        if not isinstance(name, str) or not name or "/" in name or name in seen:
+            raise ValueError(f"extra_sets[{index}].name must be a unique non-empty string without '/', "
+                             f"got {name!r}")
+        seen.add(name)

@@ -63,7 +63,8 @@ def build_split(images: np.ndarray, labels: np.ndarray, textures: np.ndarray, pe
     top_left, sizes = sample_placements(n, CANVAS_SIZE, ITEM_SIZE_RANGE, rng)
     item_colors, background_colors = sample_color_pairs(n, rng)
     max_offset = np.array(crops.shape[1:]) - CANVAS_SIZE + 1
-    captions = np.stack([rng.permutation(len(CAPTION_TEMPLATES))[:CAPTIONS_PER_IMAGE] for _ in range(n)])
+    # CAPTIONS_PER_IMAGE different templates per sample: the first columns of a random permutation per row.
+    captions = rng.random((n, len(CAPTION_TEMPLATES))).argsort(axis=1)[:, :CAPTIONS_PER_IMAGE]
     return {
         "items": images[chosen],
         "labels": labels[chosen].astype(np.uint8),

@@ -3,8 +3,8 @@
 Used to render the embedded data set at load time and by benchmarks that build larger
 cluttered-object sets (items on a chosen share of the patches) from Fashion-MNIST or CIFAR-10.
 
-Convention: canvases are square, S x S pixels; an item of side ``size`` is resampled
-(bilinear, pixel centres aligned) into the square whose top-left pixel is ``top_left = (y, x)``.
+Convention: canvases are square, S x S pixels. An item of side ``size`` is resampled (bilinear,
+pixel centres aligned) into the square whose top-left pixel is ``top_left = (y, x)``.
 Returned boxes are ``xyxy`` in normalised canvas coordinates [0, 1], tight around the pasted
 pixels whose alpha is above zero.
 """
@@ -56,8 +56,9 @@ def compose(backgrounds: np.ndarray, items: np.ndarray, top_left: np.ndarray, si
 
     Args:
         backgrounds: (n, S, S, 3) uint8 canvases.
-        items: (n, h, w) uint8 gray items, pasted in ``item_colors`` with their intensity as alpha,
-            scaled so each item's brightest pixel is opaque (Fashion-MNIST style), or (n, h, w, 3) uint8 colour items (CIFAR-10 style), pasted
+        items: (n, h, w) uint8 gray items or (n, h, w, 3) uint8 colour items. Gray items
+            (Fashion-MNIST style) are pasted in ``item_colors`` with their intensity as alpha, scaled
+            so each item's brightest pixel is opaque. Colour items (CIFAR-10 style) are pasted
             opaque unless ``alpha`` is given.
         top_left: (n, 2) int (y, x) pixel of the item square's top-left corner.
         sizes: (n,) int side of the pasted square in pixels; the square must lie inside the canvas.

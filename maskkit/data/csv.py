@@ -18,7 +18,7 @@ class CsvImageTextDataset(Dataset):
     """Image-text pairs listed in a CSV or TSV file.
 
     Args:
-        path: the CSV/TSV file; its first row holds the column names.
+        path: the CSV/TSV file; its first row contains the column names.
         image_key: column with the image path, relative to ``root``.
         caption_key: column with the caption.
         separator: field delimiter, ``"\\t"`` for TSV (open_clip's default) or ``","``.

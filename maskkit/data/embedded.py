@@ -1,8 +1,8 @@
 """The embedded default data set: Fashion-MNIST items pasted on tinted CC0 textures, with captions.
 
-Each 112 x 112 RGB image shows one Fashion-MNIST item, resized to 28-40 px (6-13 % of the area,
-so it touches a minority of the 8 x 8 grid of 14 px patches), at a random position on a window of
-scikit-image's ``brick``, ``grass`` or ``gravel`` texture. Item and background get random colours
+Each 112 x 112 RGB image shows one Fashion-MNIST item at a random position on a window of
+scikit-image's ``brick``, ``grass`` or ``gravel`` texture. The item is resized to 28-40 px, which
+is 6-13 % of the area, so it touches a minority of the 8 x 8 grid of 14 px patches. Item and background get random colours
 at least 150 apart in RGB, so colour is no cue for the class. Train and test use different
 Fashion-MNIST files for the items and non-overlapping regions of the textures for the backgrounds.
 
@@ -35,11 +35,12 @@ CAPTIONS_PER_IMAGE = 3
 EMBEDDED_CLASSNAMES = ("t-shirt", "trouser", "pullover", "dress", "coat",
                        "sandal", "shirt", "sneaker", "bag", "ankle boot")
 
-# Zero-shot prompt templates; ``{}`` is the class name.
+# Zero-shot prompt templates, where ``{}`` is the class name.
 EMBEDDED_TEMPLATES = ("a photo of a {}.", "a picture of a {}.", "a {} on a textured background.",
                       "an image of a small {}.")
 
-# Training caption templates; ``{item}`` is the class name with its article, ``{background}`` the texture.
+# Training caption templates: ``{item}`` is the class name with its article, ``{item_bare}`` the bare
+# class name and ``{background}`` the texture name.
 CAPTION_TEMPLATES = (
     "a photo of {item}.",
     "{item} on a {background} background.",
@@ -83,7 +84,10 @@ def load_arrays(path: Path) -> dict[str, np.ndarray]:
 
 @lru_cache(maxsize=4)
 def _load_split(path: str) -> dict[str, np.ndarray]:
-    return load_arrays(Path(path))
+    arrays = load_arrays(Path(path))
+    for array in arrays.values():
+        array.flags.writeable = False  # shared by every dataset object of this split
+    return arrays
 
 
 class EmbeddedDataset(Dataset):

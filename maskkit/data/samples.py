@@ -76,7 +76,7 @@ def report_skip(key: str, reason: str, detail: str = "", counter: SkipCounter | 
 def resize_center_crop(image, image_size: int) -> torch.Tensor:
     """Resize a PIL image so its short side is ``image_size``, centre-crop it square, return uint8 (3, S, S).
 
-    Bicubic resampling (Pillow's default reducing filter is applied when downscaling).
+    Resampling is bicubic. Pillow widens the filter when it downscales, so downscaling is antialiased.
     """
     from PIL import Image
 
@@ -117,6 +117,7 @@ class Collator:
     ``"keys"`` (list of str), ``"skipped"`` (dict reason -> count of markers dropped from this
     batch), and ``"labels"`` (B,) long, ``"boxes"`` (B, 4) float and ``"captions"`` (list of
     lists of str) when every kept sample has them. A batch whose samples were all skipped has B = 0.
+    A ``None`` sample counts as skipped with reason ``unknown``.
 
     Args:
         tokenizer: callable mapping a list of B strings to a (B, T) LongTensor (see ``get_tokenizer``).

@@ -1,10 +1,10 @@
 """webdataset tar shards: a streaming reader split over ranks and workers, and a map-style member index.
 
-Shard layout (webdataset's convention): the members of one sample share a key, the file name up to
-the first dot of its base name; the rest is the extension. Images: ``jpg``, ``jpeg``, ``png`` or
-``webp``. Caption: ``txt``, or ``json`` with a ``"caption"`` or ``"text"`` entry (a string or a list
-of strings; the first is the training caption, all are kept under ``"captions"``). Optional class
-label: ``cls`` (decimal digits).
+Shard layout (webdataset's convention): the members of one sample share a key, which is the file
+name up to the first dot of its base name. The rest of the name is the extension. Images: ``jpg``,
+``jpeg``, ``png`` or ``webp``. Caption: ``txt``, or ``json`` with a ``"caption"`` or ``"text"``
+entry, a string or a list of strings. The first string is the training caption and all are kept
+under ``"captions"``. Optional class label: ``cls`` (decimal digits).
 """
 
 from __future__ import annotations
@@ -99,6 +99,10 @@ class WebDatasetStream(IterableDataset):
 
     Yields sample dicts and ``SkippedSample`` markers (dropped and counted by ``Collator``).
     Call :meth:`set_epoch` before each epoch when shuffling.
+
+    NOTE: ranks can receive different numbers of samples (shard counts not divisible by the
+    number of consumers, or skipped samples). Under DDP, bound each epoch by an iteration count
+    so that no rank waits for a batch that another rank never makes.
     """
 
     def __init__(self, urls: str | Sequence[str], image_size: int = 224, rank: int | None = None,
@@ -153,8 +157,8 @@ class WebDatasetIndex(Dataset):
 
     The constructor scans every shard's member headers once and keeps (shard, data offset, size)
     for each member; ``dataset[i]`` then reads only that sample's bytes. Samples without an image
-    member are left out of the index at scan time (logged and counted as ``missing_image``); corrupt
-    images and empty captions are found when read and returned as ``SkippedSample`` markers.
+    member are left out of the index at scan time, logged and counted as ``missing_image``. Corrupt
+    images and empty captions are found only when read, and come back as ``SkippedSample`` markers.
 
     Args:
         urls: shard paths or brace patterns (local files; compressed tars are rejected).

@@ -18,7 +18,7 @@ def retrieval_recall(image_features: torch.Tensor, text_features: torch.Tensor, 
         text_to_image: (T,) long, the image index of each caption.
         ks: the k values.
 
-    An image is a hit at k when any of its captions ranks among the k texts most similar to it; a
+    An image is a hit at k when any of its captions ranks among the k texts most similar to it. A
     caption is a hit when its image ranks among the k most similar images. Ranks count only strictly
     higher scores, so ties resolve in the query's favour. Images without captions are left out of
     the i2t average.

@@ -10,10 +10,11 @@ from maskkit.views.colour import ColourSpec
 from maskkit.views.generators import CLIP_MEAN, CLIP_STD, ViewGenerator, ViewSpec, rank_generator
 from maskkit.views.warp import warp_scores
 
-from maskkit.views.single import SingleView  # noqa: E402  (registers "single")
-from maskkit.views.aclip import ACLIPViews  # noqa: E402  (registers "aclip")
-from maskkit.views.slip import SLIPViews  # noqa: E402  (registers "slip")
-from maskkit.views.multi_crop import MultiCropViews  # noqa: E402  (registers "multi_crop")
+# Importing the generator modules registers them under their names.
+from maskkit.views.single import SingleView
+from maskkit.views.aclip import ACLIPViews
+from maskkit.views.slip import SLIPViews
+from maskkit.views.multi_crop import MultiCropViews
 
 __all__ = [
     "Views",

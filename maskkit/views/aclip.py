@@ -29,18 +29,18 @@ class ACLIPViews(ViewGenerator):
     Args:
         scale: online crop area range, default (0.5, 1.0).
         ratio: online crop aspect-ratio range (width / height), default (3/4, 4/3).
-        colour: online colour augmentation; default :meth:`ColourSpec.aclip`
+        colour: online colour augmentation, by default :meth:`ColourSpec.aclip`
             (jitter 0.4/0.4/0.2/0.1 with p=0.8, grayscale p=0.2, blur p=0.1 with
             sigma in [0.1, 2], solarize p=0.2).
         flip_p: online flip probability, default 0. A flip is safe because
             ``warp_scores`` mirrors the map for flipped views, but A-CLIP uses none.
         teacher_box: ``"sampled"`` draws a box between the union of the online
-            boxes and the whole image, grown to an aspect ratio inside
-            ``teacher_ratio`` where the image allows it; ``"union"`` uses the union
-            itself; ``"whole"`` uses the whole image.
+            boxes and the whole image, then grows it to an aspect ratio inside
+            ``teacher_ratio`` where the image allows it. ``"union"`` uses the union
+            itself, and ``"whole"`` uses the whole image.
         teacher_ratio: aspect-ratio range of sampled teacher boxes, or None to
             keep the drawn box.
-        teacher_size: teacher view size (int or (h, w)); None uses the output size.
+        teacher_size: teacher view size (int or (h, w)), or None for the output size.
             A-CLIP-eff uses half the output size.
         **options: :class:`~maskkit.views.generators.ViewGenerator` arguments
             (``output_size``, ``mean``, ``std``, ``input_normalized``, ...).

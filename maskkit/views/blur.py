@@ -23,15 +23,15 @@ def gaussian_blur(images: torch.Tensor, sigma: torch.Tensor, kernel_size: tuple[
                   border_type: str = "reflect") -> torch.Tensor:
     """Blur each sample with its own Gaussian, as two 1-D passes (kornia ``filter2d_separable``).
 
-    kornia's ``gaussian_blur2d`` checks ``sigma > 0`` with ``bool(...)``, which
-    waits for the device when ``sigma`` lives there; this function skips that
-    check, so the caller must pass positive values. A sigma of 1e-3 or less gives
-    an exact identity kernel.
+    kornia 0.9's ``gaussian_blur2d`` checks ``sigma > 0`` with ``bool(...)``,
+    which waits for the device when ``sigma`` is a device tensor. This function
+    skips that check, so the caller must pass positive values. A sigma of 1e-3 or
+    less gives an exact identity kernel.
 
     Args:
         images: (B, C, H, W) floating-point images.
         sigma: (B, 2) standard deviations ``(sigma_y, sigma_x)`` in pixels, positive.
-        kernel_size: odd ``(k_h, k_w)``; reflect padding needs ``k // 2`` below the side.
+        kernel_size: odd ``(k_h, k_w)``. Reflect padding needs ``k // 2`` below the side.
         border_type: kornia padding mode.
 
     Returns:

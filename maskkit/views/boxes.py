@@ -1,9 +1,8 @@
 """Box sampling and box geometry for view generators.
 
 Convention: a box is a row ``(x0, y0, x1, y1)`` of floats in normalised
-source-image coordinates, where 0 is the left (top) edge of the image and 1 the
-right (bottom) edge, so a box covers the continuous area of the pixels and not
-their centres. Batches of boxes are (B, 4). A view of ``h x w`` pixels (or
+source-image coordinates. 0 is the left (top) edge of the image and 1 the right
+(bottom) edge, so a box covers the area of the pixels, not their centres. Batches of boxes are (B, 4). A view of ``h x w`` pixels (or
 patches) made from a box samples the source at the centres of its cells, the
 ``grid_sample`` ``align_corners=False`` convention.
 
@@ -54,8 +53,8 @@ class CropSpec:
         scale: range of the crop area as a fraction of the image area, inside (0, 1].
         ratio: range of the crop aspect ratio (width / height, in pixels), sampled
             log-uniformly.
-        attempts: candidate boxes drawn per sample; the first one that fits inside
-            the image is used, and a sample with none falls back to the largest
+        attempts: candidate boxes drawn per sample. The first one that fits inside
+            the image is used. A sample with none falls back to the largest
             centred box whose aspect ratio is inside ``ratio``.
     """
 
@@ -72,7 +71,10 @@ class CropSpec:
 
 def whole_image_boxes(batch_size: int, device=None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Return (B, 4) boxes ``(0, 0, 1, 1)`` covering the whole image."""
-    return torch.tensor([0.0, 0.0, 1.0, 1.0], device=device, dtype=dtype).expand(batch_size, 4).clone()
+    # Filled on the device: torch.tensor(values, device=...) would wait for a host-to-device copy.
+    boxes = torch.zeros((batch_size, 4), device=device, dtype=dtype)
+    boxes[:, 2:] = 1.0
+    return boxes
 
 
 def sample_crop_boxes(batch_size: int, spec: CropSpec, generator: Optional[torch.Generator],
@@ -82,11 +84,11 @@ def sample_crop_boxes(batch_size: int, spec: CropSpec, generator: Optional[torch
     Args:
         batch_size: number of boxes B.
         spec: area and aspect-ratio ranges.
-        generator: source of randomness; it must live on ``device``. None uses the
+        generator: source of randomness, which must live on ``device``. None uses the
             global generator of ``device``.
         device: device of the returned boxes.
-        aspect: source image width / height in pixels, so ``spec.ratio`` holds in
-            pixels for non-square images.
+        aspect: source image width / height in pixels, so ``spec.ratio`` applies to
+            pixels of non-square images.
 
     Returns:
         (B, 4) float32 xyxy boxes inside [0, 1].
@@ -199,8 +201,8 @@ def box_sampling_grid(boxes: torch.Tensor, size: tuple[int, int], reference: Opt
         size: output grid ``(h, w)``.
         reference: (B, 4) box that the sampled tensor covers, or None for the
             whole image. Grid coordinates are relative to it (-1 and 1 are its
-            edges, ``align_corners=False``); points outside it fall outside [-1, 1].
-        flip: optional (B,) bool; where True, output column ``j`` samples the
+            edges, ``align_corners=False``). Points outside it fall outside [-1, 1].
+        flip: optional (B,) bool. Where True, output column ``j`` samples the
             mirrored position, as if the view were flipped left-right after cropping.
 
     Returns:
@@ -229,17 +231,17 @@ def crop_resize(images: torch.Tensor, boxes: torch.Tensor, size: tuple[int, int]
     """Crop every image to its box and resize it to ``size`` in one batched resampling.
 
     Bilinear ``grid_sample`` at the output pixel centres. When ``size`` is smaller
-    than the input and ``antialias`` is set, the source is first blurred with a
-    per-sample Gaussian of standard deviation ``(s - 1) / 2`` source pixels along
-    each axis, where ``s`` is that sample's shrink factor (box pixels per output
-    pixel), the rule of ``skimage.transform.resize``. A sample that is not shrunk
-    (``s <= 1``) gets a negligible sigma and is left unchanged.
+    than the input and ``antialias`` is set, each sample is first blurred with a
+    Gaussian whose standard deviation is ``(s - 1) / 2`` source pixels per axis.
+    Here ``s`` is that sample's shrink factor (box pixels per output pixel), as in
+    ``skimage.transform.resize``. A sample that is not shrunk (``s <= 1``) gets a
+    negligible sigma and is left unchanged.
 
     Args:
         images: (B, C, H, W) floating-point images.
         boxes: (B, 4) xyxy boxes in [0, 1].
         size: output ``(h, w)``.
-        flip: optional (B,) bool; True mirrors that sample's crop left-right.
+        flip: optional (B,) bool. True mirrors that sample's crop left-right.
         antialias: blur before shrinking when ``size`` is below the input size.
 
     Returns:

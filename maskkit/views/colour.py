@@ -1,7 +1,7 @@
 """Batched colour augmentation with explicit, generator-drawn per-sample parameters.
 
-Images are float RGB in [0, 1], shape (B, 3, H, W). The operations are
-kornia's functional ops with torchvision's formulas: brightness multiplies,
+Images are float RGB in [0, 1], shape (B, 3, H, W). The jitter and
+grayscale operations are kornia's functional ops with torchvision's formulas: brightness multiplies,
 contrast blends with the grayscale mean, saturation blends with the grayscale
 image, and hue shifts the HSV hue by a fraction of a full turn. They run in that
 fixed order (torchvision shuffles the order on every call). Then come grayscale,
@@ -22,7 +22,6 @@ from kornia.enhance import (
     adjust_contrast_with_mean_subtraction,
     adjust_hue,
     adjust_saturation_with_gray_subtraction,
-    solarize,
 )
 
 from maskkit.views.blur import blur_kernel_size, gaussian_blur
@@ -42,9 +41,9 @@ class ColourSpec:
     """Colour augmentation settings of one view. The defaults change nothing.
 
     Attributes:
-        brightness, contrast, saturation: jitter strengths ``s``; the factor is
+        brightness, contrast, saturation: jitter strengths ``s``. The factor is
             drawn from U[max(0, 1 - s), 1 + s].
-        hue: hue jitter strength in [0, 0.5]; the shift is drawn from U[-hue, hue]
+        hue: hue jitter strength in [0, 0.5]. The shift is drawn from U[-hue, hue]
             turns of the hue circle.
         jitter_p: probability of applying the colour jitter to a sample.
         grayscale_p: probability of converting a sample to grayscale (3 channels kept).
@@ -95,7 +94,7 @@ class ColourSpec:
 
 @dataclass
 class ColourParams:
-    """Per-sample colour parameters; every tensor has the batch as its first dimension.
+    """Per-sample colour parameters, each a tensor with the batch as its first dimension.
 
     Attributes:
         jitter: (B,) bool, samples that get the colour jitter.
@@ -183,5 +182,7 @@ def apply_colour(images: torch.Tensor, spec: ColourSpec, params: ColourParams) -
         images = _select(params.blur, blurred, images)
 
     if spec.solarize_p > 0:
-        images = _select(params.solarize, solarize(images, thresholds=0.5), images)
+        # kornia.enhance.solarize turns a float threshold into a device tensor with a blocking copy, so the
+        # same formula (invert values at or above 0.5, no brightness shift) is written out here.
+        images = _select(params.solarize, torch.where(images < 0.5, images, 1.0 - images), images)
     return images

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from typing import Optional, Sequence, Union
 
@@ -13,8 +12,6 @@ from maskkit.views.boxes import CropSpec, crop_resize, sample_crop_boxes, whole_
 from maskkit.views.colour import ColourSpec, apply_colour, sample_colour_params
 
 __all__ = ["CLIP_MEAN", "CLIP_STD", "ViewSpec", "ViewGenerator", "rank_generator"]
-
-logger = logging.getLogger(__name__)
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -62,7 +59,7 @@ class ViewSpec:
         crop: random resized crop, or None for the whole image.
         colour: colour augmentation, or None for none.
         flip_p: probability of a left-right flip.
-        size: output size (int or (h, w)); None uses the generator's ``output_size``.
+        size: output size (int or (h, w)), or None for the generator's ``output_size``.
     """
 
     name: str = "view"
@@ -85,12 +82,12 @@ class ViewGenerator(nn.Module):
     """Base class: turns a batch of images into normalised views.
 
     Args:
-        output_size: size of the views (int or (h, w)); None keeps the input size.
+        output_size: size of the views (int or (h, w)), or None for the input size.
         mean, std: per-channel statistics used to normalise the output views.
         input_normalized: True when float inputs are already normalised with
-            ``input_mean`` / ``input_std``; they are denormalised before cropping
+            ``input_mean`` / ``input_std``. They are denormalised before cropping
             and colour operations.
-        input_mean, input_std: statistics of normalised inputs; default ``mean`` / ``std``.
+        input_mean, input_std: statistics of normalised inputs, by default ``mean`` / ``std``.
         antialias: shrink crops with an antialiasing filter when a view is smaller
             than the input.
 

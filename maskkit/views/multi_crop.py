@@ -22,7 +22,7 @@ class MultiCropViews(ViewGenerator):
             ``colour`` as dicts too, so configs stay plain data.
         names: optional names that replace the specs' names.
         teacher_index: index of a view that scorers treat as the teacher view, or None.
-            Nothing forces that view's box to contain the others; use the
+            Nothing forces that view's box to contain the others, so use the
             ``"aclip"`` generator when containment matters.
         **options: :class:`~maskkit.views.generators.ViewGenerator` arguments.
 

@@ -23,7 +23,7 @@ class SLIPViews(ViewGenerator):
         clip_scale: crop area range of the image-text view (no colour augmentation, no flip).
         simclr_scale: crop area range of the two SimCLR views.
         ratio: crop aspect-ratio range of all views.
-        colour: colour augmentation of the SimCLR views; default
+        colour: colour augmentation of the SimCLR views, by default
             :meth:`ColourSpec.simclr` (jitter 0.4/0.4/0.4/0.1 with p=0.8,
             grayscale p=0.2, blur p=0.5 with sigma in [0.1, 2]).
         flip_p: flip probability of the SimCLR views.

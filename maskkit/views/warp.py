@@ -51,11 +51,11 @@ def warp_scores(scores: torch.Tensor, grid: tuple[int, int], src_box: torch.Tens
         grid: source grid ``(h, w)``.
         src_box: (B, 4) box that the source map covers (the teacher view's box).
         dst_box: (B, 4) box of the destination view.
-        dst_grid: destination grid ``(h', w')``; it may differ from ``grid``.
+        dst_grid: destination grid ``(h', w')``, which may differ from ``grid``.
         flip: optional (B,) bool, True where the destination view is flipped.
 
     Returns:
-        (B, h' * w') scores in the dtype of ``scores``; interpolation runs in float32
+        (B, h' * w') scores in the dtype of ``scores``. Interpolation runs in float32
         for lower-precision inputs.
 
     Example:
