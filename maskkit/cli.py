@@ -182,4 +182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    # Run through the imported module, so the UsageError that helpers raise is the one main() catches.
+    from maskkit.cli import main as module_main
+
+    sys.exit(module_main())

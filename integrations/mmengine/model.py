@@ -9,6 +9,7 @@ from typing import Any, Mapping
 import torch
 from mmengine.model import BaseModel
 
+from .preprocessor import MaskKitDataPreprocessor
 from .registry import MODELS
 
 __all__ = ["MaskKitCLIP", "build_open_clip_model"]
@@ -95,7 +96,8 @@ class MaskKitCLIP(BaseModel):
                  total_steps: int | None = None, method_cfg: Mapping[str, Any] | None = None,
                  data_preprocessor: dict | None = None, init_cfg: dict | None = None):
         if data_preprocessor is None:
-            data_preprocessor = dict(type="MaskKitDataPreprocessor")
+            # The class itself, so models built outside a "maskkit"-scoped Runner find it too.
+            data_preprocessor = dict(type=MaskKitDataPreprocessor)
         super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
         import maskkit
 
