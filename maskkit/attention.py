@@ -1,8 +1,8 @@
 """CLS-to-patch attention probe for a vision tower that keeps its fused attention.
 
-Full attention maps are never materialised: forward pre-hooks read the input of
-each chosen block while the tower runs its normal (fused scaled-dot-product)
-forward, and the probe recomputes only the CLS query row against all keys,
+Full attention maps are never materialised. Forward pre-hooks read the input
+of each chosen block while the tower runs its normal (fused scaled-dot-product)
+forward. The probe then recomputes only the CLS query row against all keys,
 (B, heads, 1, L), which costs O(L) per head instead of O(L^2).
 
 Supported attention blocks (anything else raises ``TypeError`` when the probe
@@ -146,7 +146,7 @@ def _timm_eva_row(block: nn.Module) -> RowFn:
         q, k = attn.q_norm(_split_heads(q, heads)), attn.k_norm(_split_heads(k, heads))
         rope = _argument(args, kwargs, 1, "rope")
         if rope is not None:
-            # The CLS query is a prefix token and stays unrotated; only patch keys are rotated.
+            # The CLS query is a prefix token, so it stays unrotated and only the patch keys are rotated.
             prefix = attn.num_prefix_tokens
             rotated = apply_rot_embed_cat(k[:, :, prefix:], rope, half=getattr(attn, "rotate_half", False))
             k = torch.cat([k[:, :, :prefix], rotated.type_as(k)], dim=2)
@@ -174,8 +174,8 @@ def _latent_pool_row(pool: nn.Module) -> RowFn:
 def cls_attention_row(block: nn.Module) -> RowFn:
     """Build ``row(args, kwargs) -> (B, L)``: the block's CLS-query attention averaged over heads.
 
-    ``args``/``kwargs`` are the block's forward arguments as a forward
-    pre-hook sees them; L counts every token, prefix tokens included.
+    ``args`` and ``kwargs`` are the block's forward arguments as a forward
+    pre-hook receives them. L counts every token, prefix tokens included.
 
     Raises:
         TypeError: the block or its attention module is not a supported type.

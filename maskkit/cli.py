@@ -150,16 +150,28 @@ def _run_masks(args: argparse.Namespace) -> int:
     return 0
 
 
+# Order of the results table; other keys follow alphabetically.
+TABLE_ORDER = ("zeroshot_top1", "zeroshot_top5", "i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10",
+               "object_patch_kept", "iterations", "train_seconds", "skipped_samples")
+
+
 def format_metrics_table(metrics: dict) -> str:
-    """Format a flat metrics dict as a two-column text table."""
+    """Format a flat metrics dict as a two-column text table (percentages for accuracy and recall)."""
     if not metrics:
         return "(no metrics)"
-    width = max(len(key) for key in metrics)
+    keys = [key for key in TABLE_ORDER if key in metrics] + sorted(set(metrics) - set(TABLE_ORDER))
+    width = max(len(key) for key in keys)
     lines = [f"{'metric':<{width}}  value", f"{'-' * width}  {'-' * 10}"]
-    for key, value in metrics.items():
-        shown = f"{value:.4f}" if isinstance(value, float) else str(value)
+    for key in keys:
+        value = metrics[key]
+        shown = f"{value:.2f}" if isinstance(value, float) else str(value)
         lines.append(f"{key:<{width}}  {shown}")
     return "\n".join(lines)
+
+
+# Optional dependencies and the extra that installs each.
+EXTRAS = {"mmengine": "mmengine", "tqdm": "mmengine", "open_clip": "open_clip", "timm": "timm",
+          "matplotlib": "bench"}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -172,8 +184,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as error:
         print(f"maskkit {args.command}: error: {error}", file=sys.stderr)
         return 2
-    except ImportError as error:
-        print(f"maskkit {args.command}: error: {error}. Install the extras with: pip install 'maskkit[all]'",
+    except ModuleNotFoundError as error:
+        extra = EXTRAS.get((error.name or "").split(".")[0])
+        if extra is None:
+            raise
+        print(f"maskkit {args.command}: error: {error}; install it with: pip install 'maskkit[{extra}]'",
               file=sys.stderr)
         return 2
     except KeyboardInterrupt:

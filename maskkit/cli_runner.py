@@ -7,10 +7,12 @@ the recipe's ``MetricsJSONHook`` leaves in the work dir.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from maskkit.cli_config import check_data_paths, drop_unset_validation, load_recipe_config
 
@@ -61,6 +63,39 @@ def _progress_hook():
     return TrainProgressHook()
 
 
+class _TqdmWriteHandler(logging.StreamHandler):
+    """A console handler that prints through ``tqdm.write``, so log lines appear above the progress bar."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from tqdm import tqdm
+
+        try:
+            tqdm.write(self.format(record), file=self.stream)
+        except Exception:  # logging must never raise into the training loop
+            self.handleError(record)
+
+
+@contextlib.contextmanager
+def _logs_above_progress_bar(loggers: Sequence[logging.Logger]) -> Iterator[None]:
+    """Route the console handlers of ``loggers`` through tqdm, keeping their levels and formats."""
+    replaced = []
+    for target in loggers:
+        for index, handler in enumerate(target.handlers):
+            if type(handler) is logging.StreamHandler and handler.stream in (sys.stdout, sys.stderr):
+                substitute = _TqdmWriteHandler(handler.stream)
+                substitute.setLevel(handler.level)
+                substitute.setFormatter(handler.formatter)
+                for log_filter in handler.filters:
+                    substitute.addFilter(log_filter)
+                target.handlers[index] = substitute
+                replaced.append((target, index, handler))
+    try:
+        yield
+    finally:
+        for target, index, handler in replaced:
+            target.handlers[index] = handler
+
+
 def _prepare_distributed(cfg, launcher: str) -> None:
     """Start the process group for ``--launcher pytorch`` and pick the matching DDP wrapper.
 
@@ -106,7 +141,6 @@ def train(recipe: str, work_dir: Path | None = None, cfg_options: Sequence[str] 
     """Train ``recipe`` with MMEngine and return the metrics it wrote (None on ranks other than 0)."""
     from mmengine.dist import is_main_process
     from mmengine.logging import MMLogger
-    from tqdm.contrib.logging import logging_redirect_tqdm
 
     cfg, _ = load_recipe_config(recipe, cfg_options, work_dir)
     drop_unset_validation(cfg)
@@ -121,7 +155,7 @@ def train(recipe: str, work_dir: Path | None = None, cfg_options: Sequence[str] 
 
     runner = build_runner(cfg)
     runner.register_hook(_progress_hook())
-    with logging_redirect_tqdm(loggers=[MMLogger.get_current_instance(), logging.getLogger("maskkit")]):
+    with _logs_above_progress_bar([MMLogger.get_current_instance(), logging.getLogger()]):
         runner.train()
     if not is_main_process():
         return None

@@ -93,8 +93,8 @@ class EMATeacher(nn.Module):
     """Frozen exponential-moving-average copy of a vision tower and optional heads.
 
     The copies are made at construction and registered (``encoder``,
-    ``heads``), so they appear in this module's state dict; the student modules
-    are only referenced, never registered, so they are not duplicated there.
+    ``heads``), so they appear in this module's state dict. The student modules
+    are only referenced, never registered, so the state dict does not hold them twice.
     The copies have ``requires_grad=False`` and stay in eval mode through
     :meth:`train`.
 

@@ -34,56 +34,40 @@ _ANCHOR_KEY = "logit_scale"
 
 
 def load_checkpoint_file(path: str | Path) -> Mapping[str, Any]:
-    """Load a checkpoint dict on the CPU with ``weights_only=True``.
+    """Load a checkpoint dict on the CPU, with ``weights_only=True`` unless the file is trusted.
 
-    MMEngine checkpoints also pickle its ``HistoryBuffer`` and numpy scalars,
-    which plain ``weights_only`` loading rejects, so those classes are
-    allow-listed here. Nothing else is unpickled.
+    Checkpoints that maskkit's MMEngine hooks and the open_clip launcher write
+    hold tensors and plain values only. A plain MMEngine checkpoint also
+    pickles its ``HistoryBuffer`` objects, which only a full (trusted) load
+    reads: set ``MASKKIT_TRUST_CHECKPOINTS=1`` for such files, and only for
+    files from a trusted source.
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        ValueError: the file is not a checkpoint dict.
+        ValueError: the file cannot be read safely, or is not a checkpoint dict.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-
-    with torch.serialization.safe_globals(_mmengine_safe_globals()):
-        try:
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as error:  # pickle errors have many types; name the file
-            raise ValueError(f"failed to read checkpoint {path}: {error}") from error
-
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # pickle errors have many types; the compat loader explains them
+        checkpoint = _load_with_mmengine_compat(path, error)
     if not isinstance(checkpoint, Mapping):
         raise ValueError(f"checkpoint {path} holds a {type(checkpoint).__name__}, expected a dict")
     return checkpoint
 
 
-def _mmengine_safe_globals() -> list:
-    """Classes MMEngine 0.10.x pickles into its checkpoints besides tensors."""
-    allowed: list = []
+def _load_with_mmengine_compat(path: Path, error: Exception) -> Any:
+    """Retry through the MMEngine adapter's loader, which honours MASKKIT_TRUST_CHECKPOINTS."""
     try:
-        import numpy as np
-
-        # numpy 2 moved its internals from numpy.core to numpy._core.
-        multiarray = np._core.multiarray if hasattr(np, "_core") else np.core.multiarray
-        allowed += [np.ndarray, np.dtype, multiarray._reconstruct, multiarray.scalar]
-        allowed += [type(np.dtype(name)) for name in ("float64", "float32", "int64", "int32", "bool")]
-    except (ImportError, AttributeError):
-        pass
-    try:
-        from mmengine.logging.history_buffer import HistoryBuffer
-
-        allowed.append(HistoryBuffer)
+        from maskkit.integrations.mmengine.compat import load_checkpoint_file as compat_load
     except ImportError:
-        pass
+        raise ValueError(f"failed to read checkpoint {path} with weights_only=True: {error}") from error
     try:
-        from mmengine.config.config import ConfigDict
-
-        allowed.append(ConfigDict)
-    except ImportError:
-        pass
-    return allowed
+        return compat_load(path, map_location="cpu")
+    except RuntimeError as compat_error:
+        raise ValueError(str(compat_error)) from compat_error
 
 
 def _model_state(checkpoint: Mapping[str, Any]) -> dict[str, torch.Tensor]:

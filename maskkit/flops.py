@@ -11,8 +11,8 @@ tokens, width ``d`` and MLP ratio ``m``, one forward pass costs::
 (1 multiply-add = 2 FLOPs). The patch embedding runs on every patch before the
 selector drops any, the final projection on the pooled token only. Layer norms,
 softmax, GELU and the loss itself are left out. A trained pass costs its forward
-plus a backward of twice the forward; the EMA teacher runs forward only; the text
-tower runs once per step. Heads (SimCLR and BYOL MLPs) are counted when asked.
+plus a backward of twice the forward. The EMA teacher runs forward only, and the
+text tower runs once per step. Heads (SimCLR and BYOL MLPs) are counted when asked.
 
 Convention: a "pass" is one run of a tower over one view of the whole batch.
 
@@ -24,8 +24,9 @@ Example:
 
 from __future__ import annotations
 
-import math
 from typing import Any, Mapping
+
+from maskkit.tokens import num_kept_units
 
 __all__ = [
     "transformer_forward_flops",
@@ -38,7 +39,7 @@ __all__ = [
 ]
 
 # View names and sizes (relative to the input image side) of the built-in view
-# generators; other generators are run once on a blank image to find them.
+# generators. Other generators are run once on a blank image to find them.
 _BUILTIN_VIEWS = {
     "single": (("view1", 1.0),),
     "aclip": (("view1", 1.0), ("view2", 1.0), ("teacher", 1.0)),
@@ -63,7 +64,7 @@ def kept_patches(grid: tuple[int, int], keep_ratio: float = 1.0, block_size: int
     """Return how many patches the selector keeps out of a ``grid`` at ``keep_ratio``.
 
     Units are ``block_size x block_size`` blocks; K = max(1, floor(U * keep_ratio + 0.5))
-    units are kept (the selector's rounding rule), each worth ``block_size**2`` patches.
+    units are kept (:func:`maskkit.num_kept_units`), each worth ``block_size**2`` patches.
     """
     if not 0.0 < keep_ratio <= 1.0:
         raise ValueError(f"keep_ratio must be in (0, 1], got {keep_ratio!r}")
@@ -73,15 +74,14 @@ def kept_patches(grid: tuple[int, int], keep_ratio: float = 1.0, block_size: int
     if block_size < 1 or h % block_size or w % block_size:
         raise ValueError(f"block_size {block_size!r} must be >= 1 and divide the grid {grid}")
     units = (h // block_size) * (w // block_size)
-    kept_units = max(1, math.floor(units * keep_ratio + 0.5))
-    return kept_units * block_size**2
+    return num_kept_units(units, keep_ratio=keep_ratio) * block_size**2
 
 
 def resolve_model_config(model_config: Any) -> dict:
     """Normalise ``model_config`` to ``{"vision": {...}, "text": {...}, "embed_dim": int}``.
 
     Accepts such a dict, an open_clip model name (read with ``open_clip.get_model_config``),
-    an open_clip ``CLIP`` model or a :class:`~maskkit.MaskedContrastiveCLIP` holding one.
+    an open_clip ``CLIP`` model or a :class:`~maskkit.MaskedContrastiveCLIP` that contains one.
     Missing ``mlp_ratio`` entries default to 4.
     """
     if isinstance(model_config, str):
@@ -207,12 +207,14 @@ def _head_flops(spec: Mapping, width: int, online: list[str]) -> tuple[int, int]
     trained = teacher = 0
     if "simclr" in objectives:
         options = objectives["simclr"]
-        hidden, out = options.get("hidden_dim", 4096), options.get("out_dim", 256)
+        hidden = options.get("hidden_dim", spec.get("head_hidden_dim") or 4096)
+        out = options.get("out_dim", spec.get("head_out_dim") or 256)
         mlp = 2 * (width * hidden + hidden * hidden + hidden * out)
         trained += mlp * len(options.get("views", online[:2]))
     if "byol" in objectives:
         options = objectives["byol"]
-        hidden, out = options.get("hidden_dim", 4096), options.get("out_dim", 256)
+        hidden = options.get("hidden_dim", spec.get("head_hidden_dim") or 4096)
+        out = options.get("out_dim", spec.get("head_out_dim") or 256)
         projector = 2 * (width * hidden + hidden * out)
         predictor = 2 * (out * hidden + hidden * out)
         trained += (projector + predictor) * len(options.get("views", online))
@@ -292,7 +294,7 @@ def solve_keep_ratio(preset: Any, target_ratio: float, model_config: Any, *,
                      reference: Any = "clip") -> float:
     """Find the largest keep ratio whose step cost is at most ``target_ratio`` x ``reference``.
 
-    The keep ratio only changes the cost in whole selection units, so the answer
+    The keep ratio only changes the cost in whole selection units, so the result
     is the ratio U_k / U of the largest affordable unit count U_k out of U.
     Raises ValueError when even one kept unit costs more than the target.
     """

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from maskkit.presets import resolve_preset
+from maskkit.presets import PRESET_KEYS, resolve_preset
 
 __all__ = ["MaskedContrastiveCLIP", "build_method", "OVERRIDES", "PRECISIONS"]
 
@@ -81,13 +81,27 @@ class MaskedContrastiveCLIP(nn.Module):
         self.step = 0
         self._generators: dict[str, torch.Generator] = {}
 
-    # ----- passthroughs -------------------------------------------------------------------------
     def encode_image(self, images: torch.Tensor, normalize: bool = False) -> torch.Tensor:
-        """The host's ``encode_image`` (the selector is identity in eval mode unless ``eval_keep_ratio``)."""
-        return self.model.encode_image(images, normalize=normalize)
+        """Encode normalised (B, 3, H, W) ``images`` with the host, as open_clip's ``encode_image`` does.
+
+        In eval mode the selector passes every token unless ``eval_keep_ratio`` is
+        set. Masked inference with a teacher-based scorer selects by the teacher's
+        attention on the same images.
+        """
+        selector, runner = self.selector, self._runner
+        if selector is None or not selector.active or selector.scorer is not None or runner is None:
+            return self.model.encode_image(images, normalize=normalize)
+        with torch.no_grad():
+            out = runner.run_teacher(images)
+        whole = out.scores.new_tensor([[0.0, 0.0, 1.0, 1.0]]).expand(images.shape[0], 4)
+        from maskkit.views.warp import warp_scores
+
+        scores = warp_scores(out.scores, out.grid, whole, whole, selector.grid)
+        with selector.use_scores(scores):
+            return self.model.encode_image(images, normalize=normalize)
 
     def encode_text(self, texts: torch.Tensor, normalize: bool = False) -> torch.Tensor:
-        """The host's ``encode_text``."""
+        """Encode (B, T) token ids with the host's ``encode_text``."""
         return self.model.encode_text(texts, normalize=normalize)
 
     def detach(self) -> None:
@@ -96,7 +110,6 @@ class MaskedContrastiveCLIP(nn.Module):
             self._handle.remove()
             self.__dict__["_handle"] = None
 
-    # ----- randomness -----------------------------------------------------------------------------
     def _generator(self, device: torch.device, seed: Optional[int]) -> torch.Generator:
         from maskkit.views.generators import rank_generator
 
@@ -117,7 +130,6 @@ class MaskedContrastiveCLIP(nn.Module):
         finally:
             generator.set_state(state)
 
-    # ----- the step ---------------------------------------------------------------------------------
     def _autocast(self, device: torch.device):
         dtype = PRECISIONS[self.precision]
         if dtype is None:
@@ -151,8 +163,8 @@ class MaskedContrastiveCLIP(nn.Module):
         finally:
             selector.grid = previous
 
-    def _teacher_pass(self, views, generator):
-        """Run the teacher on the teacher view; return (scores or None, grid, box, head outputs)."""
+    def _teacher_pass(self, views):
+        """Run the teacher on the teacher view; return (TeacherOutput, teacher box, head outputs) or None."""
         runner = self._runner
         if runner is None:
             return None
@@ -177,6 +189,26 @@ class MaskedContrastiveCLIP(nn.Module):
         Returns:
             dict of weighted ``loss_*`` tensors (summing to the total) and detached statistics.
         """
+        outputs, stats = self.forward_outputs(images, texts, seed=seed)
+        result: dict[str, torch.Tensor] = {}
+        for objective in self.objectives.values():
+            for key, value in objective(outputs).items():
+                result[key] = value if key.startswith("loss_") else value.detach()
+        if self.scorer is not None:
+            result.update(self.scorer.auxiliary_loss())
+        result.update(stats)
+        return result
+
+    def forward_outputs(self, images: torch.Tensor, texts: torch.Tensor, *,
+                        seed: Optional[int] = None) -> tuple[dict, dict]:
+        """Run views, teacher and tower passes without the objectives.
+
+        Returns:
+            ``(outputs, stats)``: the objectives' input dict (see
+            :mod:`maskkit.losses.outputs`; every tensor except ``logit_scale`` is
+            batch-first) and detached statistics. Callers that run the
+            objectives elsewhere (the open_clip launcher's loss) use this.
+        """
         from maskkit.towers import find_vision_tower, forward_pooled, tower_grid
         from maskkit.views.warp import warp_scores
 
@@ -187,11 +219,11 @@ class MaskedContrastiveCLIP(nn.Module):
         views = self.view_generator(images, generator)
         stats: dict[str, torch.Tensor] = {}
 
-        teacher = self._teacher_pass(views, generator)
         warm = self.step < self.teacher_warmup_steps
         tower = find_vision_tower(self.model)
         image_features, pooled = {}, {}
         with self._autocast(device):
+            teacher = self._teacher_pass(views)
             for index, (name, view) in enumerate(zip(views.names, views.views)):
                 if index == views.teacher_index:
                     continue
@@ -218,8 +250,8 @@ class MaskedContrastiveCLIP(nn.Module):
                     projected, pooled[name] = forward_pooled(tower, view)
                 image_features[name] = F.normalize(projected.float(), dim=-1)
                 pooled[name] = pooled[name].float()
-                kept = self.selector.keep_idx if masked else None
-                count = grid[0] * grid[1] if kept is None else kept.shape[1]
+                keep_idx = self.selector.keep_idx if masked else None
+                count = grid[0] * grid[1] if keep_idx is None else keep_idx.shape[1]
                 stats[f"tokens_{name}"] = torch.tensor(float(count), device=device)
             text_features = F.normalize(self.model.encode_text(texts).float(), dim=-1)
 
@@ -227,20 +259,12 @@ class MaskedContrastiveCLIP(nn.Module):
         outputs = {"image_features": image_features, "text_features": text_features,
                    "logit_scale": logit_scale, "pooled": pooled,
                    "teacher_outputs": {} if teacher is None else {k: v.float() for k, v in teacher[2].items()}}
-        result: dict[str, torch.Tensor] = {}
-        for objective in self.objectives.values():
-            for key, value in objective(outputs).items():
-                result[key] = value if key.startswith("loss_") else value.detach()
-        if self.scorer is not None:
-            result.update(self.scorer.auxiliary_loss())
-
         if teacher is not None:
             stats["teacher_entropy"] = score_entropy(teacher[0].scores.float()).detach()
         if self.teacher is not None:
             stats["ema_decay"] = torch.tensor(float(self.teacher.decay(self.step)), device=device)
         stats["logit_scale"] = logit_scale.detach()
-        result.update(stats)
-        return result
+        return outputs, stats
 
     def update_teacher(self, step: Optional[int] = None) -> None:
         """Move the EMA teacher towards the student; call once after each optimizer step.
@@ -254,7 +278,6 @@ class MaskedContrastiveCLIP(nn.Module):
             self.teacher.update(step)
         self.step = step + 1
 
-    # ----- checkpoints --------------------------------------------------------------------------
     def extra_state_dict(self) -> dict:
         """maskkit's own state (teacher, heads, learned scorer, step): tensors and plain values only."""
         state: dict[str, Any] = {"step": int(self.step), "seed": self.seed,
@@ -298,7 +321,6 @@ def _scorer_state(scorer: Optional[nn.Module], teacher: Optional[nn.Module]) -> 
     return _plain(own)
 
 
-# ----- construction -----------------------------------------------------------------------------------
 def _merge_objectives(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict:
     """Merge per-objective options; a None value removes that objective."""
     merged = {name: dict(options) for name, options in base.items()}
@@ -313,7 +335,7 @@ def _merge_objectives(base: Mapping[str, Any], override: Mapping[str, Any]) -> d
 
 
 def _accepted(factory: Any, options: Mapping[str, Any]) -> dict:
-    """The subset of ``options`` that ``factory`` takes as keyword arguments."""
+    """Select the entries of ``options`` that ``factory`` accepts as keyword arguments."""
     try:
         parameters = inspect.signature(factory).parameters
     except (TypeError, ValueError):
@@ -364,18 +386,24 @@ def build_method(preset: str | Mapping[str, Any], model: nn.Module, *, total_ste
             selector is attached to it.
         total_steps: optimizer steps of the run, for the EMA schedule; required
             when the preset has a teacher.
-        **overrides: preset keys (``keep_ratio``, ``block_size``, ``scorer``,
-            ``views``, ``masked_views``, ``freeze_patch_embed``,
-            ``teacher_resolution``; ``objectives`` merges per objective, a None
-            entry drops one) and:
-            ``precision`` "fp32", "bf16" or "fp16": autocast dtype of the tower
-            passes (losses run in float32; fp16 needs a GradScaler outside);
-            ``start_decay`` / ``end_decay`` of the EMA ("auto" scales the start
-            to ``total_steps``); ``teacher_warmup_steps`` S: random selection
-            before step S; ``seed`` of the views and selection (offset per
-            rank); ``eval_keep_ratio``; ``local_loss``, ``gather_with_grad``;
-            ``head_norm`` ("batch" or "layer"), ``head_hidden_dim``,
-            ``head_out_dim``; ``strategy``, ``random_fraction`` of the selector.
+        **overrides: any preset key (see :mod:`maskkit.presets`) replaces the
+            preset's value. ``objectives`` merges per objective, and a None entry
+            drops that objective. The other options are:
+
+            - ``precision``: "fp32", "bf16" or "fp16", the autocast dtype of the
+              tower passes. Losses run in float32, and fp16 needs a GradScaler
+              in the training loop.
+            - ``start_decay``, ``end_decay``: EMA schedule ends. "auto" scales
+              the preset's start decay to ``total_steps``
+              (:func:`maskkit.ema.scaled_start_decay`).
+            - ``teacher_warmup_steps``: S, random selection before step S.
+            - ``seed``: seed of the views and the selection, offset per rank.
+            - ``eval_keep_ratio``: keep ratio of masked inference in eval mode.
+            - ``local_loss``, ``gather_with_grad``: passed to the InfoNCE objective.
+            - ``head_norm`` ("batch" or "layer"), ``head_hidden_dim``,
+              ``head_out_dim``: SimCLR and BYOL head settings.
+            - ``strategy``, ``random_fraction``: selector settings (see
+              :class:`~maskkit.TokenSelector`).
     """
     from maskkit.ema import EMATeacher
     from maskkit.hosting import attach
@@ -383,14 +411,17 @@ def build_method(preset: str | Mapping[str, Any], model: nn.Module, *, total_ste
     from maskkit.tokens import TokenSelector
     from maskkit.towers import find_vision_tower, tower_image_size, tower_patch_size, tower_width
 
-    unknown = set(overrides) - OVERRIDES - set(resolve_preset("aclip"))
+    unknown = set(overrides) - OVERRIDES - PRESET_KEYS
     if unknown:
-        raise TypeError(f"unknown build_method options {sorted(unknown)}; valid: {sorted(OVERRIDES)}")
+        raise TypeError(f"unknown build_method options {sorted(unknown)}; valid: {sorted(OVERRIDES | PRESET_KEYS)}")
     spec = resolve_preset(preset)
     if "objectives" in overrides:
         overrides = dict(overrides)
         spec["objectives"] = _merge_objectives(spec["objectives"], overrides.pop("objectives") or {})
-    spec.update({key: value for key, value in overrides.items() if key in spec or key in OVERRIDES})
+    spec.update(overrides)
+    unknown = set(spec) - OVERRIDES - PRESET_KEYS
+    if unknown:
+        raise ValueError(f"preset has unknown keys {sorted(unknown)}; valid: {sorted(OVERRIDES | PRESET_KEYS)}")
     precision = spec.get("precision", "fp32")
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
@@ -444,7 +475,7 @@ def build_method(preset: str | Mapping[str, Any], model: nn.Module, *, total_ste
             from maskkit.ema import scaled_start_decay
 
             start = scaled_start_decay(ema.get("start_decay", 0.996), total_steps)
-        # Deep-copied here, before the selector is attached, so the teacher never holds one.
+        # Deep-copied here, before the selector is attached, so the teacher never contains one.
         teacher = EMATeacher(tower, heads=ema_heads or None, total_steps=total_steps, start_decay=start,
                              end_decay=end)
 

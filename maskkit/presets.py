@@ -28,11 +28,17 @@ from __future__ import annotations
 import copy
 from typing import Any, Mapping
 
-__all__ = ["PRESETS", "ACLIP_EFF_KEEP_RATIO", "list_presets", "get_preset", "resolve_preset"]
+__all__ = ["PRESETS", "PRESET_KEYS", "ACLIP_EFF_KEEP_RATIO", "list_presets", "get_preset", "resolve_preset"]
+
+PRESET_KEYS = frozenset({
+    "views", "scorer", "keep_ratio", "block_size", "masked_views", "objectives", "ema",
+    "freeze_patch_embed", "teacher_resolution", "teacher_warmup_steps",
+})
 
 _SIMCLR = {"views": ("view1", "view2"), "weight": 1.0, "temperature": 0.1}
 
-# Keep ratio of A-CLIP-eff's two student views. The paper reports A-CLIP-eff at
+# Keep ratio of A-CLIP-eff's two student views. The A-CLIP paper (Yang et al.,
+# ICCV 2023) reports A-CLIP-eff at
 # 0.86x CLIP's training time, but its recipe was not released. A teacher at half
 # resolution (112 px, 7x7 patches) alone leaves two 50% views at 1.08x CLIP by
 # maskkit.flops on ViT-B/16 + the 12-layer, 512-wide text tower at 77 tokens.

@@ -13,8 +13,8 @@ neither open_clip nor timm:
 it takes part, and also returns the pooled feature before the image
 projection. When the images are not the size the tower was built for, the
 absolute position embedding is resampled on the fly (bicubic) and passed in
-through :func:`torch.func.functional_call`, so the stored parameters keep their
-shape and an EMA copy of the tower still matches its student.
+through :func:`torch.func.functional_call`. The stored parameters keep their
+shape, so an EMA copy of the tower still matches its student.
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ def tower_kind(tower: nn.Module) -> str:
 
 
 def _timm_part(tower: nn.Module) -> nn.Module:
-    """The timm ViT inside ``tower`` (the trunk of an open_clip TimmModel, or the tower itself)."""
+    """Return the timm ViT inside ``tower``: an open_clip TimmModel's trunk, or the tower itself."""
     trunk = tower.trunk if tower_kind(tower) == OPEN_CLIP_TIMM else tower
     if tower_kind(trunk) not in (TIMM_VIT, TIMM_EVA):
         raise TypeError(f"open_clip TimmModel trunk {type(trunk).__name__} is not a timm VisionTransformer or Eva")
@@ -240,7 +240,7 @@ def call_tower(tower: nn.Module, images: torch.Tensor):
 
 
 def _pooled_hook_target(tower: nn.Module):
-    """Module whose input or output carries the pooled pre-projection feature, and how to read it."""
+    """Find the module whose input or output carries the pooled pre-projection feature, and how to read it."""
     kind = tower_kind(tower)
     if kind == OPEN_CLIP_VIT:
         if getattr(tower, "attn_pool_contrastive", None) is not None:
@@ -252,7 +252,7 @@ def _pooled_hook_target(tower: nn.Module):
             raise ValueError("open_clip VisionTransformer with pool_type='none' has no pooled feature")
         if getattr(tower, "final_ln_after_pool", False) and tower.attn_pool is None:
             return tower.ln_post, "output", lambda out: out
-        # ln_post normalises all tokens; the tower's own pooling picks the pooled row from them.
+        # ln_post normalises all tokens, and the tower's own pooling picks the pooled row from them.
         return tower.ln_post, "output", lambda out: tower._global_pool(out)[0]
     if kind == OPEN_CLIP_TIMM and len(list(tower.head.children())) > 0:
         return tower.head, "input", lambda out: out

@@ -86,6 +86,6 @@ custom_hooks = [
     dict(type='MetricsJSONHook'),
 ]
 log_processor = dict(by_epoch=False, window_size=20)
-log_level = 'WARNING'
+log_level = 'INFO'
 env_cfg = dict(cudnn_benchmark=False, dist_cfg=dict(backend='gloo'))
 randomness = dict(seed=0)

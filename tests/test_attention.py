@@ -93,8 +93,8 @@ def test_open_clip_custom_attention_matches(options, monkeypatch):
     blocks = list(tower.transformer.resblocks)
     assert type(blocks[0]).__name__ == "CustomResidualAttentionBlock"
 
-    # open_clip 3.3.0 calls torch.bmm on 4-D tensors in its unfused and scaled-cosine paths,
-    # which fails; batched matmul computes the same product so the slow path can run.
+    # open_clip 3.3.0 calls torch.bmm on 4-D tensors in its unfused and scaled-cosine paths, which
+    # raises. Batched matmul computes the same product, so patching it lets the slow path run.
     monkeypatch.setattr(torch, "bmm", torch.matmul)
     probe = AttentionProbe(tower)
     with probe.capture():

@@ -141,11 +141,15 @@ def _checkpoints(model) -> dict[str, dict]:
     """The checkpoint layouts maskkit writes, all holding ``model``'s weights."""
     from mmengine.logging import HistoryBuffer
 
+    from maskkit.integrations.mmengine.compat import to_safe_checkpoint
+
     whole = model.state_dict()
     host = model.clip.state_dict()
     extra = model.method.extra_state_dict()
     return {
-        "mmengine": {"meta": {"iter": 2}, "state_dict": whole, "message_hub": {"log_scalars": {"loss": HistoryBuffer()}}},
+        # As RNGStateHook saves it: the message hub's buffers turned into tensors.
+        "mmengine": to_safe_checkpoint({"meta": {"iter": 2}, "state_dict": whole,
+                                        "message_hub": {"log_scalars": {"loss": HistoryBuffer([1.0], [1])}}}),
         "mmengine_ddp": {"meta": {}, "state_dict": {f"module.{key}": value for key, value in whole.items()}},
         "open_clip_train": {"epoch": 1, "name": "run", "state_dict": {f"module.{key}": value
                                                                       for key, value in host.items()},
@@ -172,6 +176,23 @@ def test_export_loads_in_open_clip(tiny_aclip, tmp_path, layout, capsys):
     loaded = open_clip.create_model(name, pretrained=str(out))
     for key, value in model.clip.state_dict().items():
         assert torch.equal(loaded.state_dict()[key], value), key
+
+
+def test_export_plain_mmengine_needs_trust(tiny_aclip, tmp_path, capsys, monkeypatch):
+    from mmengine.logging import HistoryBuffer
+
+    _, model = tiny_aclip
+    checkpoint = tmp_path / "plain.pth"
+    torch.save({"state_dict": model.state_dict(), "message_hub": {"loss": HistoryBuffer([1.0], [1])}}, checkpoint)
+    out = tmp_path / "open_clip.pt"
+    monkeypatch.delenv("MASKKIT_TRUST_CHECKPOINTS", raising=False)
+    assert main(["export", str(checkpoint), "--out", str(out)]) == 2
+    assert "MASKKIT_TRUST_CHECKPOINTS=1" in capsys.readouterr().err
+    assert not out.exists()
+
+    monkeypatch.setenv("MASKKIT_TRUST_CHECKPOINTS", "1")
+    assert main(["export", str(checkpoint), "--out", str(out)]) == 0
+    assert set(torch.load(out, weights_only=True)) == set(model.clip.state_dict())
 
 
 def test_export_rejects_non_clip_checkpoint(tmp_path, capsys):

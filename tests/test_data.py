@@ -269,6 +269,16 @@ def test_index_matches_stream(tmp_path):
     assert restored[2]["key"] == index[2]["key"]
 
 
+def test_index_with_worker_processes(tmp_path, tokenizer):
+    index = WebDatasetIndex(make_shards(tmp_path, num_shards=2, per_shard=6), image_size=8)
+    index[0]  # opens a descriptor in the parent before the workers fork
+    loader = DataLoader(index, batch_size=4, shuffle=True, num_workers=2, collate_fn=Collator(tokenizer),
+                        generator=torch.Generator().manual_seed(0))
+    keys = Counter(key for batch in loader for key in batch["keys"])
+    assert len(keys) == 12
+    assert set(keys.values()) == {1}
+
+
 @pytest.mark.parametrize("num_shards", [5, 2])  # more shards than consumers, and fewer
 def test_stream_rank_split_exactly_once(tmp_path, num_shards):
     pattern = make_shards(tmp_path, num_shards=num_shards, per_shard=3)

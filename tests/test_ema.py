@@ -89,7 +89,9 @@ def test_teacher_copies_and_freezes():
     assert all(key.startswith(("encoder.", "heads.projector.")) for key in keys)
     assert len(keys) == len(model.visual.state_dict()) + len(projector.state_dict())
     teacher.train()
-    assert teacher.training and not teacher.encoder.training and not teacher.heads.training
+    assert teacher.training
+    assert not teacher.encoder.training
+    assert not teacher.heads.training
 
 
 def test_update_matches_hand_computation():
@@ -159,7 +161,8 @@ def test_forward_without_gradient():
     teacher = EMATeacher(model, total_steps=10)
     images = torch.randn(2, 3, 32, 32)
     pooled = teacher(images)
-    assert pooled.shape == (2, 32) and not pooled.requires_grad
+    assert pooled.shape == (2, 32)
+    assert not pooled.requires_grad
     torch.testing.assert_close(pooled, forward_pooled(model.visual.eval(), images)[1].detach())
 
 

@@ -1,4 +1,4 @@
-"""FLOP cost model: hand counts on a small configuration and the paper's ratios."""
+"""FLOP cost model: hand counts on a small configuration and the A-CLIP paper's cost ratios."""
 
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ from maskkit.flops import (
 )
 from maskkit.presets import ACLIP_EFF_KEEP_RATIO, list_presets
 
-# 32 px images, 8 px patches (4x4 grid, 16 patches), one 4-wide layer with MLP
-# ratio 2; text of 3 tokens, one 2-wide layer; joint dimension 2.
+# Images of 32 px in 8 px patches (a 4x4 grid of 16 patches), one 4-wide layer with MLP ratio 2.
+# Text of 3 tokens through one 2-wide layer. Joint dimension 2.
 SMALL = {
     "vision": {"image_size": 32, "patch_size": 8, "width": 4, "layers": 1, "mlp_ratio": 2.0},
     "text": {"context_length": 3, "width": 2, "layers": 1, "mlp_ratio": 2.0},
@@ -49,7 +49,7 @@ def test_clip_step_hand_count():
 
 
 def test_flip_step_hand_count():
-    # keep 0.5 of 16 patches -> 8 patches + CLS = 9 tokens; the patch embedding still sees all 16.
+    # keep 0.5 of 16 patches -> 8 patches + CLS = 9 tokens; the patch embedding still runs on all 16.
     vision_forward = PATCH_EMBED + (16 * 9 * 16 + 4 * 9**2 * 4) + IMAGE_PROJ
     result = estimate_flops("flip", SMALL, include_heads=False)
     assert result["passes"][0]["tokens"] == 9

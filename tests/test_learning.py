@@ -28,7 +28,7 @@ def batch():
     from maskkit.data.tokenizer import get_tokenizer
 
     dataset = EmbeddedDataset("train", image_size=IMAGE_SIZE)
-    # One sample per class first, so the captions in the batch differ.
+    # Two samples from each of eight classes, so the batch has several distinct captions.
     indices = [int((dataset.labels == label).nonzero()[0][k]) for k in range(2) for label in range(8)]
     images, _ = dataset.render(indices)
     texts = get_tokenizer("ViT-B-16", context_length=CONTEXT)([dataset.captions(i)[0] for i in indices])

@@ -273,3 +273,35 @@ def test_score_entropy_bounds():
     assert score_entropy(uniform).item() == pytest.approx(1.0)
     assert score_entropy(peaked).item() == pytest.approx(0.0, abs=1e-6)
     assert math.isfinite(score_entropy(torch.zeros(2, 16)).item())
+
+
+def test_eval_keep_ratio_masks_by_teacher():
+    method = _method("aclip", eval_keep_ratio=0.5).eval()
+    images, _ = _batch()
+    masked = method.encode_image(images)
+    assert method.selector.keep_idx.shape == (BATCH, 8)
+    method.selector.eval_keep_ratio = None
+    full = method.encode_image(images)
+    assert method.selector.keep_idx is None
+    assert masked.shape == full.shape
+    assert not torch.allclose(masked, full)
+
+
+def test_auto_start_decay_scales_to_run():
+    method = _method("aclip", start_decay="auto")
+    # A 10-step run gets the helper's floor (0.9), far below A-CLIP's 0.996.
+    assert method.teacher.start_decay == pytest.approx(0.9)
+    assert method.teacher.end_decay == 1.0
+
+
+def test_flops_use_built_head_dims():
+    from maskkit.flops import estimate_flops
+
+    heads = estimate_flops(_method("aclip"), None)["heads"]["total"]
+    default_heads = estimate_flops("aclip", tiny_open_clip())["heads"]["total"]
+    assert 0 < heads < default_heads / 100
+
+
+def test_unknown_preset_key_rejected():
+    with pytest.raises(ValueError, match="keep_rato"):
+        build_method({"base": "clip", "keep_rato": 0.5}, tiny_open_clip())

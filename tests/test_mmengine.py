@@ -22,7 +22,6 @@ from mmengine.runner import Runner  # noqa: E402
 
 import maskkit.integrations.mmengine as mm  # noqa: E402
 from maskkit.integrations.mmengine import compat  # noqa: E402
-from maskkit.integrations.mmengine.metrics import recall_at_k, topk_accuracy  # noqa: E402
 from mmengine_configs import TINY_METHOD_CFG, TINY_MODEL_CFG, tiny_config  # noqa: E402
 
 REQUIRED_KEYS = {"zeroshot_top1", "zeroshot_top5", "i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10",
@@ -200,23 +199,34 @@ def test_multi_val_loop_rejects_bad_sets(extra_sets, message):
 
 
 @given(st.integers(min_value=2, max_value=24), st.integers(min_value=0, max_value=10_000))
-def test_recall_at_k_matches_sorting(size, seed):
-    generator = torch.Generator().manual_seed(seed)
-    similarity = torch.randn(size, size, generator=generator)
-    ks = (1, 5, 10)
-    recall = recall_at_k(similarity, ks)
-    order = similarity.argsort(dim=1, descending=True)
-    position = (order == torch.arange(size).view(-1, 1)).float().argmax(dim=1)
-    for k in ks:
-        assert recall[k] == pytest.approx((position < k).float().mean().item())
+def test_retrieval_metric_perfect_and_permuted(size, seed):
+    features = torch.nn.functional.normalize(torch.randn(size, 8, generator=torch.Generator().manual_seed(seed)),
+                                             dim=-1)
+    metric = mm.RetrievalMetric()
+    perfect = metric.compute_metrics([{"image_features": features * 3, "text_features": features * 3}])
+    # Identical image and text features are each other's best match (ties resolve in the query's favour).
+    assert all(value == pytest.approx(100.0) for value in perfect.values())
+    assert set(perfect) == {"i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10"}
 
 
-def test_topk_accuracy_known_values():
-    logits = torch.tensor([[0.9, 0.1, 0.0], [0.1, 0.2, 0.7], [0.5, 0.4, 0.1]])
-    labels = torch.tensor([0, 1, 1])
-    accuracy = topk_accuracy(logits, labels, (1, 5))
-    assert accuracy[1] == pytest.approx(1 / 3)
-    assert accuracy[5] == pytest.approx(1.0)
+def test_zero_shot_metric_needs_model_and_classes():
+    metric = mm.ZeroShotMetric(class_names=["cat", "dog"])
+    result = {"image_features": torch.eye(2, 32), "labels": torch.tensor([0, 1])}
+    with pytest.raises(RuntimeError, match="MultiValLoop"):
+        metric.compute_metrics([result])
+    with pytest.raises(ValueError, match="class names"):
+        mm.ZeroShotMetric().compute_metrics([result])
+
+
+def test_patch_kept_metric_counts_object_patches():
+    metric = mm.PatchKeptMetric()
+    # 2x2 grid; the box covers the left column (patches 0 and 2).
+    boxes = torch.tensor([[0.0, 0.0, 0.5, 1.0], [0.0, 0.0, 0.5, 1.0]])
+    keep_idx = torch.tensor([[0, 1], [1, 3]])
+    metric.process({}, [{"keep_idx": keep_idx, "grid": (2, 2), "boxes": boxes}])
+    metric.process({}, [{"image_features": torch.zeros(1, 2)}])  # a batch without selection is skipped
+    assert metric.compute_metrics(metric.results) == {"object_patch_kept": pytest.approx(25.0)}
+    assert mm.PatchKeptMetric().compute_metrics([]) == {}
 
 
 def test_untrusted_checkpoint_rejected_trusted_loads(tmp_path, monkeypatch):

@@ -118,7 +118,8 @@ def test_boxes_warp_onto_view():
 def test_standalone_teacher_and_argument_checks():
     model = tiny_timm_vit()
     scorer = EMAAttentionScorer(encoder=model, total_steps=20, start_decay=0.9)
-    assert scorer.teacher.start_decay == 0.9 and scorer.teacher.student_encoder is model
+    assert scorer.teacher.start_decay == 0.9
+    assert scorer.teacher.student_encoder is model
     assert scorer.run_teacher(torch.randn(1, 3, 32, 32)).scores.shape == (1, 16)
     with pytest.raises(ValueError, match="exactly one"):
         EMAAttentionScorer()
@@ -148,7 +149,8 @@ def test_learned_scores_and_distillation_value():
     target = torch.randn(2, 16)
     scorer.set_target(target)
     pred = scorer.score(ScoringInputs(grid=(4, 4), tokens=_tokens()))
-    assert pred.shape == (2, 16) and pred.dtype == torch.float32
+    assert pred.shape == (2, 16)
+    assert pred.dtype == torch.float32
     loss = scorer.auxiliary_loss()["loss_scorer_distill"]
     p_target = F.softmax(target / 0.5, dim=-1)
     kl = (p_target * (p_target.log() - F.log_softmax(pred / 0.5, dim=-1))).sum(-1).mean()
@@ -217,9 +219,11 @@ def test_learned_params_not_in_host_model():
 
 def test_learned_lazy_dim():
     scorer = LearnedScorer()
-    assert scorer.dim is None and len(list(scorer.parameters())) == 0
+    assert scorer.dim is None
+    assert len(list(scorer.parameters())) == 0
     scorer.score(ScoringInputs(grid=(4, 4), tokens=_tokens(width=12)))
-    assert scorer.dim == 12 and len(list(scorer.parameters())) == 6
+    assert scorer.dim == 12
+    assert len(list(scorer.parameters())) == 6
     with pytest.raises(ValueError, match="width 12"):
         scorer.materialize(16)
 

@@ -145,7 +145,8 @@ def test_forward_goes_through_attached_selector():
     handle = attach(model, selector)
     model.train()
     masked, pooled = forward_pooled(model.visual, images)
-    assert selector.keep_idx is not None and selector.keep_idx.shape == (2, 4)
+    assert selector.keep_idx is not None
+    assert selector.keep_idx.shape == (2, 4)
     assert not torch.allclose(masked, full)
     handle.remove()
 
@@ -175,7 +176,8 @@ def test_half_resolution_matches_rebuilt_tower(build, attr):
 
 def test_open_clip_timm_half_resolution(open_clip_timm_tower):
     projected, pooled = forward_pooled(open_clip_timm_tower, _images(size=112))
-    assert projected.shape == (2, 24) and pooled.shape == (2, 192)
+    assert projected.shape == (2, 24)
+    assert pooled.shape == (2, 192)
     assert open_clip_timm_tower.trunk.patch_embed.strict_img_size
 
 
@@ -202,7 +204,8 @@ def test_resample_two_dim_and_gradient():
     out = resample_pos_embed(table, (4, 4), (2, 2), 1)
     assert out.shape == (5, 8)
     out.sum().backward()
-    assert table.grad is not None and table.grad[1:].abs().sum() > 0
+    assert table.grad is not None
+    assert table.grad[1:].abs().sum() > 0
 
 
 def test_resample_rejects_wrong_rows():

@@ -16,23 +16,7 @@ from mmengine.evaluator import BaseMetric
 
 from .registry import METRICS
 
-__all__ = ["ZeroShotMetric", "RetrievalMetric", "PatchKeptMetric", "topk_accuracy", "recall_at_k"]
-
-
-def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, ks: Sequence[int]) -> dict[int, float]:
-    """Fraction of rows of ``logits`` (N, C) whose label is among the top k, for each k (capped at C)."""
-    max_k = min(max(ks), logits.shape[1])
-    top = logits.topk(max_k, dim=1).indices
-    hits = top.eq(labels.view(-1, 1))
-    return {k: hits[:, :min(k, max_k)].any(dim=1).float().mean().item() for k in ks}
-
-
-def recall_at_k(similarity: torch.Tensor, ks: Sequence[int]) -> dict[int, float]:
-    """Recall@k of row-to-column retrieval where row i's match is column i; ``similarity`` is (N, N)."""
-    target = similarity.diagonal().view(-1, 1)
-    # Rank of the matching column: how many columns score strictly higher.
-    rank = (similarity > target).sum(dim=1)
-    return {k: (rank < k).float().mean().item() for k in ks}
+__all__ = ["ZeroShotMetric", "RetrievalMetric", "PatchKeptMetric"]
 
 
 class _FeatureMetric(BaseMetric):
@@ -87,26 +71,28 @@ class ZeroShotMetric(_FeatureMetric):
         if self._model is None:
             raise RuntimeError("ZeroShotMetric has no model; use val_cfg=dict(type='MultiValLoop'), "
                                "which binds the model before each evaluation")
+        from maskkit.evaluation.zeroshot import build_zeroshot_classifier
+
         from .datasets import get_cached_tokenizer
 
         context_length = self.context_length or getattr(self._model, "context_length", None)
-        tokenize = get_cached_tokenizer(self.tokenizer, context_length)
-        prompts = [template.format(name) for name in class_names for template in templates]
-        was_training = self._model.training
-        self._model.eval()
-        with torch.no_grad():
-            features = self._model.encode_class_prompts(tokenize(prompts))
-        self._model.train(was_training)
-        features = features.float().cpu().view(len(class_names), len(templates), -1).mean(dim=1)
-        return torch.nn.functional.normalize(features, dim=-1)
+        tokenizer = get_cached_tokenizer(self.tokenizer, context_length)
+        clip = self._model.clip
+        was_training = clip.training
+        clip.eval()
+        try:
+            return build_zeroshot_classifier(clip, tokenizer, list(class_names), list(templates)).cpu()
+        finally:
+            clip.train(was_training)
 
     def compute_metrics(self, results: list) -> dict:
+        from maskkit.evaluation.zeroshot import zeroshot_accuracy
+
         images = self._cat(results, "image_features")
         labels = self._cat(results, "labels")
         if labels is None:
             raise ValueError("ZeroShotMetric needs 'labels' in every batch; the validation set has none")
-        accuracy = topk_accuracy(images @ self._classifier().T, labels, (1, 5))
-        return {"zeroshot_top1": 100.0 * accuracy[1], "zeroshot_top5": 100.0 * accuracy[5]}
+        return zeroshot_accuracy(images, labels, self._classifier(), topk=(1, 5))
 
 
 @METRICS.register_module(force=True)
@@ -117,28 +103,40 @@ class RetrievalMetric(_FeatureMetric):
     """
 
     def compute_metrics(self, results: list) -> dict:
+        from maskkit.evaluation.retrieval import retrieval_recall
+
         images = self._cat(results, "image_features")
         texts = self._cat(results, "text_features")
-        similarity = images @ texts.T
-        i2t = recall_at_k(similarity, (1, 5, 10))
-        t2i = recall_at_k(similarity.T, (1, 5, 10))
-        metrics = {f"i2t_r{k}": 100.0 * value for k, value in i2t.items()}
-        metrics.update({f"t2i_r{k}": 100.0 * value for k, value in t2i.items()})
-        return metrics
+        return retrieval_recall(images, texts, torch.arange(texts.shape[0]), ks=(1, 5, 10))
 
 
 @METRICS.register_module(force=True)
 class PatchKeptMetric(_FeatureMetric):
-    """Share of object patches the selector keeps (``object_patch_kept``, in percent).
+    """Share of object patches the selector keeps, in percent (``object_patch_kept``).
 
-    Needs ``object_patch_kept`` (B,) per batch in the predictions, the share of
-    each sample's patches inside its box that were kept; ``MaskKitCLIP`` adds it
-    when the batch has ``boxes`` and ``maskkit.evaluation.object_patch_kept``
-    exists. Batches without it are left out; with none at all the key is absent.
+    Needs ``keep_idx`` (B, K), ``grid`` and ``boxes`` (B, 4) in the predictions.
+    ``MaskKitCLIP`` adds ``keep_idx`` and ``grid`` only when its method has a
+    ``select_patches(images) -> (keep_idx, grid)`` method; without any such
+    batch the metric returns no key. A patch is an object patch when its box
+    covers at least half of it (``maskkit.evaluation.masks.object_patch_mask``);
+    samples without object patches are left out of the mean.
     """
 
+    def process(self, data_batch: Any, data_samples: Sequence[dict]) -> None:
+        from maskkit.evaluation.masks import object_patch_mask
+
+        for sample in data_samples:
+            if "keep_idx" not in sample or "boxes" not in sample:
+                continue
+            objects = object_patch_mask(sample["boxes"], tuple(sample["grid"]))
+            kept = torch.zeros_like(objects).scatter_(1, sample["keep_idx"].long(), True)
+            count = objects.sum(dim=1)
+            has_object = count > 0
+            share = (objects & kept).sum(dim=1)[has_object].float() / count[has_object].float()
+            self.results.append({"object_patch_kept": share})
+
     def compute_metrics(self, results: list) -> dict:
-        kept = self._cat([r for r in results if "object_patch_kept" in r], "object_patch_kept")
+        kept = self._cat(results, "object_patch_kept")
         if kept is None or kept.numel() == 0:
             return {}
-        return {"object_patch_kept": 100.0 * kept.float().mean().item()}
+        return {"object_patch_kept": 100.0 * kept.mean().item()}

@@ -81,7 +81,9 @@ class MaskKitCLIP(BaseModel):
       their names do not contain ``"loss"``.
     - ``"predict"``: a one-element list holding a dict with ``image_features``
       (B, D) and ``text_features`` (B, D), L2-normalised, on the CPU, plus the
-      batch's ``labels``, ``boxes``, ``keys`` when present, for the metrics.
+      batch's ``labels``, ``boxes``, ``keys`` when present, for the metrics,
+      and ``keep_idx`` (B, K) with ``grid`` when the batch has boxes and the
+      method offers ``select_patches(images)``.
     - ``"tensor"``: ``(image_features, text_features)`` on the device.
 
     ``"predict"`` and ``"tensor"`` take the same uint8 images as ``"loss"`` and
@@ -139,6 +141,10 @@ class MaskKitCLIP(BaseModel):
         if mode == "predict":
             image_features, text_features = self._encode(images, texts)
             result = {"image_features": image_features.float().cpu(), "text_features": text_features.float().cpu()}
+            select_patches = getattr(self.method, "select_patches", None)
+            if select_patches is not None and data_samples is not None and "boxes" in data_samples:
+                keep_idx, grid = select_patches(images)
+                result.update(keep_idx=keep_idx.cpu(), grid=tuple(grid))
             for key in ("labels", "boxes", "keys", "captions"):
                 if data_samples is not None and key in data_samples:
                     value = data_samples[key]
@@ -170,8 +176,3 @@ class MaskKitCLIP(BaseModel):
         image_features = torch.nn.functional.normalize(image_features, dim=-1)
         text_features = torch.nn.functional.normalize(text_features, dim=-1)
         return image_features, text_features
-
-    def encode_class_prompts(self, tokens: torch.Tensor) -> torch.Tensor:
-        """L2-normalised text features of tokenized prompts (N, T) on the model's device."""
-        device = next(self.parameters()).device
-        return torch.nn.functional.normalize(self.method.encode_text(tokens.to(device)), dim=-1)

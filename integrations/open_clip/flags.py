@@ -64,7 +64,7 @@ def _key_value(text: str) -> tuple[str, Any]:
 def build_parser() -> argparse.ArgumentParser:
     """Return the parser of maskkit's flags; every flag starts with ``--mask-``."""
     parser = argparse.ArgumentParser(prog="python -m maskkit.integrations.open_clip.train", add_help=False,
-                                     allow_abbrev=False)
+                                     allow_abbrev=False, exit_on_error=False)
     group = parser.add_argument_group("maskkit")
     group.add_argument("--mask-config", type=Path, default=None, metavar="FILE",
                        help="JSON or YAML file holding a preset dict: build_method options, optionally "
@@ -86,6 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "(for example head_norm=layer or start_decay=auto); repeatable")
     group.add_argument("--mask-model-config", type=Path, action="append", default=[], metavar="FILE",
                        help="open_clip model config JSON to register; --model then takes the file's stem")
+    group.add_argument("--mask-input-size", type=_positive_int, default=None, metavar="PX",
+                       help="side in pixels that training images are resized and centre-cropped to before "
+                            "the method's views crop them on the device (default: the model's image size)")
     group.add_argument("--mask-compile-backend", default=None, metavar="NAME",
                        help="torch.compile backend for --torchcompile (default: the MASKKIT_COMPILE_BACKEND "
                             "environment variable, else inductor)")
@@ -112,8 +115,8 @@ def split_argv(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
         raise MaskFlagError(f"unknown maskkit flag(s) {unknown_mask}; valid flags: {', '.join(known)}")
     try:
         mask_args, rest = parser.parse_known_args(argv)
-    except SystemExit as error:  # argparse exits on a bad value; turn that into an exception with the message
-        raise MaskFlagError(f"invalid maskkit flag value in {argv} (see the message above)") from error
+    except argparse.ArgumentError as error:
+        raise MaskFlagError(str(error)) from error
     return mask_args, rest
 
 

@@ -22,7 +22,6 @@ that open_clip_train's loop, evaluation and checkpointing work unchanged:
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from typing import Any, Mapping, Optional
 
@@ -135,8 +134,8 @@ class OpenCLIPTrainModule(nn.Module):
         return self.method.model.logit_scale
 
     def encode_image(self, image: torch.Tensor, normalize: bool = False) -> torch.Tensor:
-        with self._eval_scores(image):
-            return self.method.model.encode_image(image, normalize=normalize)
+        """Encode normalised images; masked by the selector in eval mode when ``eval_keep_ratio`` is set."""
+        return self.method.encode_image(image, normalize=normalize)
 
     def encode_text(self, text: torch.Tensor, normalize: bool = False) -> torch.Tensor:
         return self.method.model.encode_text(text, normalize=normalize)
@@ -189,31 +188,9 @@ class OpenCLIPTrainModule(nn.Module):
         self.method.update_teacher()
 
     # ----- forward --------------------------------------------------------------------------------
-    @contextlib.contextmanager
-    def _eval_scores(self, images: Optional[torch.Tensor]):
-        """In eval mode with ``eval_keep_ratio``, feed teacher attention to a selector that needs it."""
-        selector = self.method.selector
-        runner = getattr(self.method, "_runner", None)
-        if (images is None or self.training or selector is None or selector.eval_keep_ratio is None
-                or selector.scorer is not None or runner is None):
-            yield
-            return
-        from maskkit.towers import find_vision_tower, tower_grid
-        from maskkit.views.boxes import whole_image_boxes
-        from maskkit.views.warp import warp_scores
-
-        with torch.no_grad():
-            out = runner.run_teacher(images)
-            boxes = whole_image_boxes(images.shape[0], device=images.device)
-            grid = tower_grid(find_vision_tower(self.method.model), tuple(images.shape[-2:]))
-            scores = warp_scores(out.scores.float(), out.grid, boxes, boxes, grid)
-        with selector.use_scores(scores):
-            yield
-
     def forward(self, image: Optional[torch.Tensor] = None, text: Optional[torch.Tensor] = None):
         if not self.training or image is None or text is None:
-            with self._eval_scores(image):
-                return self.method.model(image, text)
+            return self._eval_forward(image, text)
 
         seed = self.next_seed()
         outputs, _ = self.method.forward_outputs(image, text, seed=seed)
@@ -225,6 +202,16 @@ class OpenCLIPTrainModule(nn.Module):
                 # Per-sample shares: the loss sums them, so micro-batches concatenate like features.
                 flat[AUX_LOSS_PREFIX + key] = (value.reshape(1) / batch).expand(batch)
         return flat
+
+    def _eval_forward(self, image: Optional[torch.Tensor], text: Optional[torch.Tensor]) -> dict:
+        """The output dict of open_clip's ``CLIP.forward(..., output_dict=True)``."""
+        host = self.method.model
+        out = {"image_features": None if image is None else self.encode_image(image, normalize=True),
+               "text_features": None if text is None else self.encode_text(text, normalize=True),
+               "logit_scale": host.logit_scale.exp()}
+        if getattr(host, "logit_bias", None) is not None:
+            out["logit_bias"] = host.logit_bias
+        return out
 
     # ----- checkpoints ----------------------------------------------------------------------------
     def maskkit_state(self) -> dict:

@@ -21,7 +21,6 @@ _EXPORTS = {
     "EmbeddedDataset": "maskkit.data.embedded",
     "EMBEDDED_CLASSNAMES": "maskkit.data.embedded",
     "EMBEDDED_TEMPLATES": "maskkit.data.embedded",
-    "compose": "maskkit.data.compose",
 }
 
 __all__ = sorted(_EXPORTS)

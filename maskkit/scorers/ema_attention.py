@@ -38,8 +38,8 @@ class EMAAttentionScorer(Scorer):
     """Score patches by the attention an EMA teacher's CLS token pays them on the teacher view.
 
     Give either ``teacher`` (shared with the method, which updates it) or, for
-    standalone use, ``encoder`` and ``total_steps``; the scorer then builds its
-    own :class:`~maskkit.EMATeacher` and the caller must run
+    standalone use, ``encoder`` and ``total_steps``. In the second case the
+    scorer builds its own :class:`~maskkit.EMATeacher`, and the caller must run
     ``scorer.teacher.update(step)`` after each optimizer step.
 
     Args:
@@ -91,8 +91,8 @@ class EMAAttentionScorer(Scorer):
         """Return teacher attention resampled onto ``inputs.grid``, (B, N) float32.
 
         With ``inputs.view_box`` and ``inputs.teacher_box`` the map is warped from
-        the teacher box onto the view box (mirrored where ``inputs.flipped``);
-        without them both views are taken to cover the same image region.
+        the teacher box onto the view box (mirrored where ``inputs.flipped``).
+        Without them both views are taken to cover the same image region.
         """
         from maskkit.views import warp_scores
 

@@ -1,4 +1,4 @@
-"""Learned scorer: a small MLP on the patch tokens the selector sees."""
+"""Learned scorer: a small MLP on the patch tokens that reach the selector."""
 
 from __future__ import annotations
 
