@@ -88,15 +88,17 @@ class MaskedContrastiveCLIP(nn.Module):
         set. Masked inference with a teacher-based scorer selects by the teacher's
         attention on the same images.
         """
+        from maskkit.views.warp import warp_scores
+
         selector, runner = self.selector, self._runner
         if selector is None or not selector.active or selector.scorer is not None or runner is None:
             return self.model.encode_image(images, normalize=normalize)
         with torch.no_grad():
             out = runner.run_teacher(images)
-        whole = out.scores.new_tensor([[0.0, 0.0, 1.0, 1.0]]).expand(images.shape[0], 4)
-        from maskkit.views.warp import warp_scores
-
-        scores = warp_scores(out.scores, out.grid, whole, whole, selector.grid)
+        scores = out.scores
+        if tuple(out.grid) != tuple(selector.grid):
+            whole = scores.new_tensor([[0.0, 0.0, 1.0, 1.0]]).expand(images.shape[0], 4)
+            scores = warp_scores(scores, out.grid, whole, whole, selector.grid)
         with selector.use_scores(scores):
             return self.model.encode_image(images, normalize=normalize)
 
@@ -502,7 +504,9 @@ def build_method(preset: str | Mapping[str, Any], model: nn.Module, *, total_ste
         selector = TokenSelector(keep_ratio=keep_ratio, block_size=int(spec.get("block_size") or 1),
                                  scorer=token_scorer, eval_keep_ratio=spec.get("eval_keep_ratio"),
                                  strategy=spec.get("strategy", "topk"),
-                                 random_fraction=spec.get("random_fraction", 0.0))
+                                 random_fraction=spec.get("random_fraction", 0.0),
+                                 # The finiteness check reads a flag back from the device every step.
+                                 check_finite=False)
         handle = attach(model, selector)
         masked = spec.get("masked_views", "all")
         if masked == "all":
