@@ -38,6 +38,7 @@ from _common import (  # noqa: E402
     load_average,
     machine_info,
     peak_rss_mb,
+    reset_peak_rss,
     rotation,
     setup_logging,
     summarize,
@@ -209,9 +210,11 @@ def memory_probe(name: str, config: dict, args) -> dict:
     device = torch.device(args.device)
     runner = PresetRunner(name, config, args, device)
     after_build = current_rss_mb()
+    # Importing torch and open_clip can peak above a small model's step, so the mark starts here.
+    reset = reset_peak_rss()
     for _ in range(args.memory_steps):
         runner.step(record=False)
-    return {"peak_rss_mb": peak_rss_mb(), "rss_after_build_mb": after_build}
+    return {"peak_rss_mb": peak_rss_mb(), "rss_after_build_mb": after_build, "reset_after_build": reset}
 
 
 def probe_in_subprocess(name: str, args) -> dict:
@@ -340,8 +343,9 @@ def main(argv=None) -> dict:
                 wall_seconds=wall, load_average_end=load_average(),
                 statistic="median of interleaved rounds after warm-up",
                 peak_memory_method=("torch.cuda.max_memory_allocated per step" if device.type == "cuda" else
-                                    "RSS high-water mark (getrusage ru_maxrss) of a separate process that "
-                                    "builds only this preset and runs memory_steps steps"),
+                                    "RSS high-water mark (VmHWM, reset after building) of a separate "
+                                    "process that builds only this preset (model, teacher, heads, optimizer) "
+                                    "and runs memory_steps steps; includes the weights and the Python runtime"),
                 memory_steps=args.memory_steps,
                 masking_overhead="selector forward (token scoring, top-k, gather) + score warping, "
                                  "timed by hooks inside the forward; the teacher forward is excluded")

@@ -42,18 +42,24 @@ def _progress_hook():
             self.bar = None
 
         def before_train(self, runner) -> None:
-            if is_main_process():
-                self.bar = tqdm(total=runner.max_iters, initial=runner.iter, unit="it", desc="train",
-                                dynamic_ncols=True, disable=None)
+            if not is_main_process():
+                return
+            # disable=None turns the bar off when stderr is not a terminal (logs, CI).
+            bar = tqdm(total=runner.max_iters, initial=runner.iter, unit="it", desc="train",
+                       dynamic_ncols=True, disable=None)
+            if bar.disable:
+                bar.close()
+            else:
+                self.bar = bar
 
         def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None) -> None:
             if self.bar is None:
                 return
             self.bar.update(1)
             # Reading the loss syncs with the device, so do it only when the bar redraws.
-            if outputs and self.bar.n % max(1, runner.log_processor.window_size) == 0:
-                loss = sum(float(value) for key, value in outputs.items() if "loss" in key)
-                self.bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+            loss = (outputs or {}).get("loss")
+            if loss is not None and self.bar.n % max(1, runner.log_processor.window_size) == 0:
+                self.bar.set_postfix(loss=f"{float(loss.detach()):.4f}", refresh=False)
 
         def after_train(self, runner) -> None:
             if self.bar is not None:

@@ -109,7 +109,8 @@ def test_weight_decay_groups_exempt_and_frozen():
     groups = mm.weight_decay_groups(model, 0.5)
     decayed = {id(p) for p in groups[0]["params"]}
     exempt = {id(p) for p in groups[1]["params"]}
-    assert groups[0]["weight_decay"] == 0.5 and groups[1]["weight_decay"] == 0.0
+    assert groups[0]["weight_decay"] == 0.5
+    assert groups[1]["weight_decay"] == 0.0
     named = dict(model.named_parameters())
     assert id(named["method.model.logit_scale"]) in exempt
     for name, parameter in named.items():

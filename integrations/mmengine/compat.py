@@ -67,7 +67,7 @@ def set_trust_checkpoints(enabled: bool | None) -> None:
 
 
 def trust_checkpoints_enabled() -> bool:
-    """Whether loads may fall back to ``weights_only=False`` (override first, then the environment)."""
+    """Return whether loads may fall back to ``weights_only=False`` (override first, then the environment)."""
     if _trust_override is not None:
         return _trust_override
     return os.environ.get(TRUST_ENV, "").strip().lower() in {"1", "true", "yes", "on"}
@@ -78,8 +78,8 @@ def load_checkpoint_file(path: str | os.PathLike, map_location: Any = None, *, t
 
     Tries ``torch.load(weights_only=True)`` first. When that fails and ``trust``
     (default: :func:`trust_checkpoints_enabled`) is True, loads again with
-    ``weights_only=False``; otherwise raises a ``RuntimeError`` that says how to
-    trust the file. Tagged message-hub buffers are turned back into MMEngine
+    ``weights_only=False``. Otherwise it raises a ``RuntimeError`` that names the
+    ways to trust the file. Tagged message-hub buffers are turned back into MMEngine
     ``HistoryBuffer`` objects.
     """
     path = os.path.expanduser(os.fspath(path))
@@ -91,7 +91,7 @@ def load_checkpoint_file(path: str | os.PathLike, map_location: Any = None, *, t
     except Exception as error:  # torch raises UnpicklingError or RuntimeError by version
         if not trusted:
             raise RuntimeError(
-                f"checkpoint {path!r} holds objects that torch.load(weights_only=True) rejects "
+                f"checkpoint {path!r} contains objects that torch.load(weights_only=True) rejects "
                 f"({str(error).splitlines()[-1] if str(error) else type(error).__name__}). If you "
                 f"trust this file, set {TRUST_ENV}=1 or trust_checkpoints=True in the config; "
                 "a trusted load can run arbitrary code from the file."

@@ -25,7 +25,7 @@ _ENV_KEYS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
 
 def launched_by_torchrun() -> bool:
-    """Whether the torchrun environment variables (RANK, WORLD_SIZE, ...) are all set."""
+    """Return whether the torchrun environment variables (RANK, WORLD_SIZE, ...) are all set."""
     return all(key in os.environ for key in _ENV_KEYS)
 
 

@@ -36,7 +36,7 @@ def unwrap_method(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def find_generators(method: torch.nn.Module, devices: list[str] | None = None) -> dict[str, torch.Generator]:
-    """The method's ``torch.Generator`` objects by name: module attributes and per-device ones.
+    """Collect the method's ``torch.Generator`` objects by name: module attributes and per-device ones.
 
     ``MaskedContrastiveCLIP`` creates one generator per device on first use and
     keeps them in ``_generators``; names of those are ``"device:<device>"``.
@@ -119,8 +119,8 @@ class RNGStateHook(Hook):
     A config key ``trust_checkpoints=True`` lets this run load checkpoints that
     need ``weights_only=False`` (see :mod:`compat`).
 
-    NOTE: only rank 0 saves checkpoints, so only rank 0 restores its states;
-    other ranks keep their seeded states, and runs resumed with several ranks
+    NOTE: only rank 0 saves checkpoints, so only rank 0 restores its states.
+    Other ranks keep their seeded states, so runs resumed with several ranks
     are not bit-exact replays.
     """
 

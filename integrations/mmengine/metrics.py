@@ -20,6 +20,13 @@ __all__ = ["ZeroShotMetric", "RetrievalMetric", "PatchKeptMetric"]
 
 
 class _FeatureMetric(BaseMetric):
+    """Base of the metrics here: stores one result per batch and concatenates them at the end.
+
+    NOTE: under DDP, MMEngine gathers the per-rank results without removing the
+    samples that the distributed sampler repeats to even out the ranks, so
+    those few samples count twice.
+    """
+
     default_prefix = None
 
     def process(self, data_batch: Any, data_samples: Sequence[dict]) -> None:

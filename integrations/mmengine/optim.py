@@ -29,7 +29,7 @@ logger = logging.getLogger(__name__)
 
 
 def no_weight_decay(name: str, parameter: torch.Tensor) -> bool:
-    """Whether a parameter is exempt from weight decay: biases, norms, 1-D or scalar tensors, logit scales."""
+    """Return whether a parameter is exempt from weight decay: biases, norms, 1-D or scalar tensors, logit scales."""
     return parameter.ndim <= 1 or name.endswith(".bias") or name.split(".")[-1] in {"logit_scale", "logit_bias"}
 
 
