@@ -204,7 +204,6 @@ def _finite(value: Any) -> Any:
 
 
 def setup_logging(verbose: bool = False) -> None:
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    logging.getLogger("benchmarks").setLevel(logging.INFO)
-    logger.setLevel(logging.INFO)
+    """Log warnings from every library, and progress of the benchmark scripts when ``verbose``."""
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("benchmarks").setLevel(logging.INFO if verbose else logging.WARNING)

@@ -79,12 +79,13 @@ def lr_at(step: int, total: int, base_lr: float, warmup: int) -> float:
 
 def build_run(run: str, seed: int, args):
     import maskkit
+    from maskkit.presets import resolve_preset
 
     preset, keep_ratio, overrides = RUNS[run]
     options = dict(overrides, seed=seed, **HEADS)
     if keep_ratio is not None:
         options["keep_ratio"] = keep_ratio
-    spec = maskkit.presets.resolve_preset(preset)
+    spec = resolve_preset(preset)
     if spec.get("ema") or "byol" in spec.get("objectives", {}) or overrides.get("scorer") == "learned":
         # Short runs: scale the EMA start decay to the run length and score randomly until the
         # teacher has seen some training.
@@ -127,7 +128,7 @@ def train(method, data: ClutterSet, captions: torch.Tensor, seed: int, args) -> 
         optimizer.step()
         method.update_teacher(step)
         if step % max(1, args.steps // 5) == 0:
-            logger.info("step %d/%d loss %.3f", step, args.steps, float(loss))
+            logger.info("step %d/%d loss %.3f", step, args.steps, float(loss.detach()))
     return time.perf_counter() - started
 
 
@@ -244,7 +245,6 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     setup_logging(args.verbose)
-    torch.set_num_threads(torch.get_num_threads())
     from maskkit.data import get_tokenizer
 
     tokenizer = get_tokenizer("ViT-B-16", context_length=MODEL["text"]["context_length"])

@@ -86,6 +86,19 @@ def test_predict_mode_returns_normalised_features():
     assert prediction["boxes"].shape == (4, 4)
 
 
+def test_skip_counts_survive_state_dict():
+    model = _model(preset="clip")
+    batch = _batch()
+    batch["skipped"] = {"corrupt_image": 2, "empty_caption": 1}
+    model.data_preprocessor(batch, training=True)
+    model.data_preprocessor(dict(batch, skipped={"corrupt_image": 1}), training=True)
+    model.data_preprocessor(dict(batch, skipped={"corrupt_image": 5}), training=False)
+    assert model.data_preprocessor.skipped_samples == {"corrupt_image": 3, "empty_caption": 1}
+    fresh = _model(preset="clip")
+    fresh.load_state_dict(model.state_dict())
+    assert fresh.data_preprocessor.skipped_samples == {"corrupt_image": 3, "empty_caption": 1}
+
+
 def test_model_rejects_bad_sources(tmp_path):
     with pytest.raises(ValueError, match="exactly one of model_name and model_cfg"):
         mm.build_open_clip_model()

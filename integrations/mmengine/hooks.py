@@ -23,6 +23,7 @@ __all__ = ["TeacherUpdateHook", "RNGStateHook", "ResumeRNGHook", "MetricsJSONHoo
 
 METRICS_FILE = "metrics.json"
 _RNG_KEY = "maskkit_rng"
+_CLOCK_KEY = "maskkit_train_seconds"
 
 
 def unwrap_method(model: torch.nn.Module) -> torch.nn.Module:
@@ -176,6 +177,8 @@ class MetricsJSONHook(Hook):
     for the others, see ``MultiValLoop``), plus ``iterations`` (train iterations
     done), ``train_seconds`` (wall time of training, validation excluded) and
     ``skipped_samples`` (training samples the data reader dropped, all ranks).
+    Both totals continue across a resume: the clock is kept in the message hub
+    and the skip counts in the data preprocessor's state.
     The file is replaced atomically, so a reader never sees half of it.
 
     Args:
@@ -195,7 +198,15 @@ class MetricsJSONHook(Hook):
 
     def before_train(self, runner) -> None:
         self._training = True
+        # A resumed run continues the clock from the checkpoint's message hub.
+        self._train_seconds = float(runner.message_hub.get_info(_CLOCK_KEY, 0.0))
         self._started = time.perf_counter()
+
+    def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
+        elapsed = self._train_seconds
+        if self._started is not None:
+            elapsed += time.perf_counter() - self._started
+        runner.message_hub.update_info(_CLOCK_KEY, elapsed)
 
     def before_val(self, runner) -> None:
         self._pause()

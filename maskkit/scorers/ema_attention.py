@@ -67,15 +67,26 @@ class EMAAttentionScorer(Scorer):
         if teacher is None:
             if total_steps is None:
                 raise ValueError("total_steps is required to build a standalone EMA teacher from encoder")
-            teacher = EMATeacher(encoder, total_steps=total_steps, start_decay=start_decay)
+            # A teacher built here belongs to the scorer and is saved with it.
+            self.own_teacher = EMATeacher(encoder, total_steps=total_steps, start_decay=start_decay)
+            teacher = self.own_teacher
         elif not isinstance(teacher, EMATeacher):
             raise TypeError(f"teacher must be a maskkit.EMATeacher, got {type(teacher).__name__}")
-        self.teacher = teacher
+        else:
+            self.own_teacher = None
+        # A shared teacher is registered by its owner (the composed method); holding it
+        # outside _modules keeps it from appearing twice in the owner's state_dict.
+        object.__setattr__(self, "_teacher", teacher)
         self.layers = layers
         if teacher_resolution is not None:
             tower_grid(teacher.encoder, teacher_resolution)  # a size that is no multiple of the patch raises here
         self.teacher_resolution = teacher_resolution
         self.probe = AttentionProbe(teacher.encoder, layers=layers)
+
+    @property
+    def teacher(self) -> EMATeacher:
+        """The EMA teacher whose attention is scored (shared with the method, or the scorer's own)."""
+        return self._teacher
 
     def run_teacher(self, teacher_view: torch.Tensor) -> TeacherOutput:
         """Run the teacher once, unmasked and without gradient, on (B, 3, H, W) ``teacher_view``."""
