@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import os
 import statistics
 import sys
 import time
@@ -215,8 +216,9 @@ def summarize_runs(runs: list[dict]) -> dict:
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="output JSON file")
-    parser.add_argument("--data-root", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data",
-                        help="folder holding fashion-mnist/ (IDX files) and cifar10/ (webdataset shards)")
+    parser.add_argument("--data-root", type=Path, default=Path(os.environ.get("MASKKIT_TEST_DATA", "data")),
+                        help="folder holding fashion-mnist/ (IDX files) and cifar10/ (webdataset shards); "
+                             "default: $MASKKIT_TEST_DATA, else ./data")
     parser.add_argument("--source", choices=("fashion_mnist", "cifar10"), default="fashion_mnist",
                         help="item source (default fashion_mnist)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds")

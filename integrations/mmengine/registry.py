@@ -1,9 +1,16 @@
 """maskkit's child registries of MMEngine's root registries (scope ``"maskkit"``).
 
 Configs that set ``default_scope='maskkit'`` find every class registered here by
-its plain name (``type='MaskKitCLIP'``); names missing here fall back to
+its plain name (``type='MaskKitCLIP'``). Names missing here fall back to
 MMEngine's root registries, so ``type='AdamW'`` or ``type='CheckpointHook'``
-keep working. ``locations`` lets MMEngine import this package on first lookup.
+keep working.
+
+The package must be imported before a Runner is built, by
+``custom_imports=dict(imports=['maskkit.integrations.mmengine'])`` or by the
+calling script. A default scope alone does not load it: MMEngine 0.10.7 then
+imports ``<scope>.registry``, which is maskkit's core registry module. Each
+child also carries ``locations=['maskkit.integrations.mmengine']`` for
+MMEngine's lazy import.
 
 MMEngine's ``build_dataloader`` looks collate functions up in the root
 ``FUNCTIONS`` registry without scopes, so ``maskkit_collate`` is registered

@@ -229,11 +229,36 @@ class Launcher:
         for name, value in replacements.items():
             setattr(open_clip_main, name, value)
         try:
-            yield
+            with _numpy2_zero_shot_accuracy():
+                yield
         finally:
             for name, value in saved.items():
                 setattr(open_clip_main, name, value)
             handle.remove()
+
+
+def _topk_accuracy(output: torch.Tensor, target: torch.Tensor, topk=(1,)) -> list[float]:
+    """Correct predictions among the top k, per k (the contract of open_clip_train's ``accuracy``)."""
+    predicted = output.topk(max(topk), 1, True, True)[1].t()
+    correct = predicted.eq(target.view(1, -1).expand_as(predicted))
+    return [float(correct[:k].sum().item()) for k in topk]
+
+
+@contextlib.contextmanager
+def _numpy2_zero_shot_accuracy() -> Iterator[None]:
+    """Swap in :func:`_topk_accuracy` for open_clip_train's zero-shot ``accuracy``.
+
+    open_clip_train 3.3.0 calls ``float()`` on a one-element 1-D numpy array,
+    which numpy >= 2.4 rejects, so ``--imagenet-val`` fails without this.
+    """
+    from open_clip_train import zero_shot
+
+    original = zero_shot.accuracy
+    zero_shot.accuracy = _topk_accuracy
+    try:
+        yield
+    finally:
+        zero_shot.accuracy = original
 
 
 def _normalize_stats(transform) -> tuple[tuple[float, ...], tuple[float, ...]]:

@@ -11,24 +11,25 @@ elementwise passes. It differs from torchvision in three ways:
   torchvision also clamps after contrast and after saturation, so values pushed
   past 0 or 1 by a contrast or saturation factor above 1 are cut there and
   carried on here.
-- Hue: the shift rotates the chroma plane of the YIQ colour space about the luma
-  axis by ``2 * pi * shift``. This linear stand-in for torchvision's HSV hue shift
-  keeps each pixel's luma (0.299 R + 0.587 G + 0.114 B) and chroma length, where
-  the HSV shift keeps each pixel's channel maximum and minimum. Both leave gray
-  pixels alone and turn colours the same way; they drift apart the more
-  saturated a pixel is. Pure red shifted by 0.1 turn becomes (1.0, 0.6, 0.0)
-  in HSV and about (0.89, 0.20, 0.0) here. On uniformly random pixels a
-  0.05-turn shift differs from the HSV one by about 0.02 on average.
+- Hue: the shift turns each colour about the gray axis (1, 1, 1) by
+  ``2 * pi * shift``, a 3x3 matrix per sample. This linear stand-in for the HSV
+  hue shift keeps the mean of R, G and B and the distance from the gray axis,
+  where the HSV shift keeps each pixel's channel maximum and minimum and moves
+  only the middle channel. Both leave gray alone and turn colours the same way
+  round, but the per-channel values differ by about as much as the shift
+  changes them: pure red shifted by 0.1 turn becomes (1.0, 0.6, 0.0) in HSV and
+  about (0.87, 0.40, 0.0) here, and on uniformly random pixels a 0.05-turn
+  shift changes values by 0.05 on average and lands 0.04 from the HSV result.
 
 Brightness multiplies by ``b``. Contrast blends with the mean ``m`` of the
 grayscale image: ``c * x + (1 - c) * m``. Saturation blends with the grayscale
-image: ``s * x + (1 - s) * gray(x)``. Contrast, saturation and the YIQ rotation
-are affine maps that keep gray (the all-ones direction) and luma, so together
-they collapse into ``M @ x + (1 - c) * m`` with the per-sample 3x3 matrix
-``M = c * (I + (s * cos(a) - 1) * P + s * sin(a) * R)``, where ``P`` removes the
-luma part of a colour and ``R`` turns the remaining chroma by a quarter turn.
-Samples that do not get the jitter use factors 1 and shift 0, which make ``M``
-exactly the identity and the offset exactly 0, so they come back bit for bit.
+image: ``s * x + (1 - s) * gray(x)``. Grayscale is luma, 0.299 R + 0.587 G +
+0.114 B. Saturation and the hue turn are linear maps that keep gray, so after
+brightness the jitter is one affine map per sample,
+``c * (H @ S) @ x + (1 - c) * m``, with ``S`` the saturation matrix and ``H``
+the hue turn. Samples that do not get the jitter use factors 1 and shift 0,
+which make the matrix exactly the identity and the offset exactly 0, so they
+come back bit for bit.
 
 Then come grayscale, Gaussian blur and solarize at threshold 0.5 without a
 brightness shift, each applied to a random subset of the batch.
@@ -161,25 +162,23 @@ def sample_colour_params(spec: ColourSpec, batch_size: int, generator: Optional[
 # Luma weights shared by grayscale, contrast and saturation (ITU-R BT.601, as in torchvision).
 LUMA = (0.299, 0.587, 0.114)
 
-# RGB -> YIQ (NTSC). The I and Q rows sum to zero, so gray maps to pure luma.
-_YIQ = torch.tensor([LUMA, (0.596, -0.274, -0.322), (0.211, -0.523, 0.312)], dtype=torch.float64)
-# A quarter turn in the I-Q plane, mapped back to RGB. Its sign makes a positive shift turn red towards
-# yellow, as a positive HSV hue shift does.
-_QUARTER_TURN = torch.linalg.inv(_YIQ) @ torch.tensor([[0.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, -1.0, 0.0]],
-                                                      dtype=torch.float64) @ _YIQ
-# I - 1 w^T: removes the luma part of a colour and keeps its chroma.
+# I - 1 w^T: removes the luma part of a colour. Saturation scales this part.
 _CHROMA = torch.eye(3, dtype=torch.float64) - torch.tensor(LUMA, dtype=torch.float64).expand(3, 3)
+# I - 1 1^T / 3 and the cross product with (1, 1, 1) / sqrt(3): the two parts of a turn about the gray axis.
+# With this sign a positive shift turns red towards yellow, as a positive HSV hue shift does.
+_OFF_GRAY = torch.eye(3, dtype=torch.float64) - 1.0 / 3.0
+_QUARTER_TURN = torch.tensor([[0.0, -1.0, 1.0], [1.0, 0.0, -1.0], [-1.0, 1.0, 0.0]], dtype=torch.float64) / math.sqrt(3.0)
 
 
 @functools.lru_cache(maxsize=None)
 def _colour_constants(device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
-    """Luma weights (3,), identity, chroma projection and quarter turn (3, 3) on ``device``.
+    """Luma weights (3,), then identity, chroma part, off-gray part and quarter turn (3, 3) on ``device``.
 
     Cached, so the host-to-device copy (and its wait) happens once per device.
     """
     return tuple(value.to(device=device, dtype=dtype)
                  for value in (torch.tensor(LUMA, dtype=torch.float64), torch.eye(3, dtype=torch.float64),
-                               _CHROMA, _QUARTER_TURN))
+                               _CHROMA, _OFF_GRAY, _QUARTER_TURN))
 
 
 def jitter_colour(images: torch.Tensor, brightness: Optional[torch.Tensor] = None,
@@ -188,7 +187,7 @@ def jitter_colour(images: torch.Tensor, brightness: Optional[torch.Tensor] = Non
     """Colour-jitter each sample with its own factors (see the module docstring for the formulas).
 
     Brightness runs first and is clamped to [0, 1]; contrast, saturation and the
-    YIQ hue rotation run as one per-sample affine colour map, clamped at the end.
+    hue turn run as one per-sample affine colour map, clamped at the end.
     Factors 1 and shift 0 return a sample unchanged, bit for bit.
 
     Args:
@@ -204,7 +203,7 @@ def jitter_colour(images: torch.Tensor, brightness: Optional[torch.Tensor] = Non
     if contrast is None and saturation is None and hue is None:
         return images
 
-    luma, eye, chroma, quarter_turn = _colour_constants(images.device, images.dtype)
+    luma, eye, chroma, off_gray, quarter_turn = _colour_constants(images.device, images.dtype)
     ones = torch.ones(images.shape[0], device=images.device, dtype=images.dtype)
     contrast = ones if contrast is None else contrast.to(images.dtype)
     saturation = ones if saturation is None else saturation.to(images.dtype)
@@ -213,9 +212,11 @@ def jitter_colour(images: torch.Tensor, brightness: Optional[torch.Tensor] = Non
     else:
         angle = hue.to(images.dtype) * (2.0 * math.pi)
         cos, sin = torch.cos(angle), torch.sin(angle)
-    matrix = (contrast[:, None, None] * eye
-              + (contrast * (saturation * cos - 1.0))[:, None, None] * chroma
-              + (contrast * saturation * sin)[:, None, None] * quarter_turn)   # (B, 3, 3)
+    # Every (B, 3, 3) matrix below is exactly the identity for factors 1 and shift 0.
+    saturate = eye - (1.0 - saturation)[:, None, None] * chroma
+    turn = eye + (cos - 1.0)[:, None, None] * off_gray + sin[:, None, None] * quarter_turn
+    # The product turn @ saturate, written out elementwise so that no TF32 matmul rounds it on a GPU.
+    matrix = contrast[:, None, None] * (turn[:, :, :, None] * saturate[:, None, :, :]).sum(dim=2)
 
     # Column j of each matrix scales input channel j into all three output channels.
     columns = matrix.transpose(1, 2)[..., None, None]                           # (B, 3 in, 3 out, 1, 1)
@@ -234,12 +235,15 @@ def apply_colour(images: torch.Tensor, spec: ColourSpec, params: ColourParams) -
     """Apply colour augmentation with the given per-sample parameters.
 
     Operations whose probability (or strength) in ``spec`` is zero are skipped
-    entirely. The others run on the whole batch with no data-dependent indexing,
-    so nothing waits for the device. Samples left out of the jitter get factor 1
-    and hue shift 0; grayscale and blur keep their result for the selected
-    samples with ``torch.where``; solarize uses a threshold no value reaches for
-    the samples left out. Every sample left out of an operation is returned bit
-    for bit.
+    entirely. On a GPU the others run on the whole batch and nothing reads the
+    per-sample masks on the host, so nothing waits for the device:
+
+    - jitter: samples left out get factors 1 and hue shift 0;
+    - grayscale and blur: ``torch.where`` keeps the result for the selected samples;
+    - solarize: samples left out get a threshold that no value reaches.
+
+    On the CPU, where reading a mask costs no wait, only the selected samples
+    are blurred. Every sample left out of an operation is returned bit for bit.
 
     Args:
         images: (B, 3, H, W) float RGB in [0, 1].
@@ -268,8 +272,14 @@ def apply_colour(images: torch.Tensor, spec: ColourSpec, params: ColourParams) -
         height, width = images.shape[-2:]
         kernel = (blur_kernel_size(height), blur_kernel_size(width))
         sigma = params.sigma[:, None].expand(-1, 2)
-        blurred = gaussian_blur(images, sigma, kernel)
-        images = _select(params.blur, blurred, images)
+        if images.device.type == "cpu":
+            # On the CPU reading the mask waits for nothing, so only the selected samples are blurred.
+            index = params.blur.nonzero().squeeze(1)
+            if index.numel() > 0:
+                blurred = gaussian_blur(images.index_select(0, index), sigma.index_select(0, index), kernel)
+                images = images.index_copy(0, index, blurred)
+        else:
+            images = _select(params.blur, gaussian_blur(images, sigma, kernel), images)
 
     if spec.solarize_p > 0:
         # Values at or above the threshold are inverted, with no brightness shift. Samples left out get a

@@ -1,0 +1,169 @@
+"""The benchmark scripts run in their tiny --smoke configurations and write the documented JSON.
+
+The numbers of a smoke run mean nothing; these tests check that each script runs end to end on real
+models (and real data for the accuracy benchmark) and that its file has the documented keys and
+self-consistent values. Timings themselves are never asserted.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
+
+import _common  # noqa: E402
+
+
+def run_script(name: str, out: Path, *extra: str, timeout: int = 600) -> dict:
+    command = [sys.executable, str(BENCHMARKS / name), "--smoke", "--out", str(out), *extra]
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    return json.loads(out.read_text())
+
+
+def assert_machine_config(config: dict) -> None:
+    for key in ("nproc", "cpu_model", "torch_version", "load_average_start", "smoke"):
+        assert key in config, key
+    assert config["smoke"] is True
+
+
+@pytest.fixture(scope="module")
+def speed_result(tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp("speed") / "speed.json"
+    return run_script("speed.py", out, "--presets", "flip", "aclip_learned", "--no-profile")
+
+
+_ACCURACY_RESULTS: dict[str, dict] = {}
+
+
+@pytest.fixture
+def accuracy_result(shared_data, tmp_path_factory) -> dict:
+    """Result of one accuracy smoke run on the real Fashion-MNIST files, shared by the tests of this module."""
+    if not (shared_data / "fashion-mnist").is_dir():
+        pytest.skip(f"Fashion-MNIST IDX files not found under {shared_data}")
+    key = str(shared_data)
+    if key not in _ACCURACY_RESULTS:
+        out = tmp_path_factory.mktemp("accuracy") / "accuracy.json"
+        _ACCURACY_RESULTS[key] = run_script("accuracy.py", out, "--data-root", str(shared_data))
+    return _ACCURACY_RESULTS[key]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_selection_overhead_smoke(tmp_path):
+    result = run_script("selection_overhead.py", tmp_path / "overhead.json")
+    assert_machine_config(result["config"])
+    assert result["target"] == 0.02
+    tower = result["towers"]["ViT-smoke"]
+    assert tower["masked_step_seconds"] > 0
+    assert tower["tokens_kept"] == 1 + 8  # CLS + half of the 4 x 4 patches
+    for scorer in ("random", "learned"):
+        entry = tower["selection"][scorer]
+        assert entry["seconds"] > 0
+        assert math.isclose(entry["fraction_of_step"], entry["seconds"] / tower["masked_step_seconds"])
+    assert tower["selection"]["random"]["in_step_seconds"] > 0
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_speed_smoke_keys(speed_result):
+    assert_machine_config(speed_result["config"])
+    assert "peak_memory_method" in speed_result["config"]
+    presets = speed_result["presets"]
+    assert list(presets) == ["clip", "flip", "aclip_learned"]
+    for name, entry in presets.items():
+        for key in ("step_seconds", "peak_memory_mb", "tokens_per_pass", "ratio_to_clip", "flop_ratio_to_clip",
+                    "efficiency", "phases_seconds", "masking_overhead_fraction"):
+            assert key in entry, (name, key)
+        assert entry["step_seconds"] > 0
+        assert entry["peak_memory_mb"] > 0
+        assert math.isclose(entry["efficiency"], entry["flop_ratio_to_clip"] / entry["ratio_to_clip"])
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_speed_smoke_tokens(speed_result):
+    presets = speed_result["presets"]
+    assert presets["clip"]["ratio_to_clip"] == 1.0
+    assert presets["clip"]["flop_ratio_to_clip"] == 1.0
+    # 32 px images with 8 px patches: 16 patches + CLS; flip keeps 8 of them.
+    assert presets["clip"]["tokens_per_pass"] == [17]
+    assert presets["flip"]["tokens_per_pass"] == [9]
+    assert presets["flip"]["measured_tokens"] == {"tokens_view1": 8.0}
+    # A-CLIP with the learned scorer: full teacher pass, then two views of 2 x 2 blocks (2 of 4 kept).
+    assert presets["aclip_learned"]["tokens_per_pass"] == [17, 9, 9]
+    assert presets["flip"]["flop_ratio_to_clip"] < 1.0 < presets["aclip_learned"]["flop_ratio_to_clip"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_accuracy_smoke(accuracy_result):
+    assert_machine_config(accuracy_result["config"])
+    assert accuracy_result["config"]["reduced"] is True
+    runs = accuracy_result["runs"]
+    assert [run["run"] for run in runs] == ["flip_0.5", "aclip"]
+    for run in runs:
+        for key in ("preset", "keep_ratio", "seed", "zeroshot_top1", "t2i_r1", "object_patch_kept", "train_seconds"):
+            assert key in run, key
+        assert 0 <= run["zeroshot_top1"] <= 100
+        assert 0 <= run["t2i_r1"] <= 100
+        assert 0 <= run["object_patch_kept"] <= 1
+        assert run["keep_ratio"] == 0.5
+    summary = accuracy_result["summary"]
+    assert summary["aclip"]["zeroshot_top1"]["n"] == 1
+    assert summary["flip_0.5"]["zeroshot_top1"]["mean"] == runs[0]["zeroshot_top1"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_plots_from_smoke_files(tmp_path, speed_result, accuracy_result):
+    import plots
+
+    (tmp_path / "speed.json").write_text(json.dumps(speed_result))
+    (tmp_path / "accuracy.json").write_text(json.dumps(accuracy_result))
+    written = plots.main(["--speed", str(tmp_path / "speed.json"), "--accuracy", str(tmp_path / "accuracy.json"),
+                          "--out-dir", str(tmp_path / "png")])
+    assert [path.name for path in written] == ["accuracy_vs_time.png", "object_patches_vs_keep.png",
+                                               "speed_measured_vs_flops.png"]
+    for path in written:
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_rotation_changes_order():
+    names = ["a", "b", "c"]
+    assert _common.rotation(names, 0) == ["a", "b", "c"]
+    assert _common.rotation(names, 1) == ["b", "c", "a"]
+    assert _common.rotation(names, 5) == ["c", "a", "b"]
+
+
+def test_interleaved_times_counts():
+    import torch
+
+    calls = []
+    candidates = {"x": lambda: calls.append("x"), "y": lambda: calls.append("y")}
+    times = _common.interleaved_times(candidates, warmup=1, repeats=3, device=torch.device("cpu"))
+    assert calls == ["x", "y", "y", "x", "x", "y", "y", "x"]
+    assert {name: len(values) for name, values in times.items()} == {"x": 3, "y": 3}
+
+
+def test_write_json_strict(tmp_path):
+    path = _common.write_json(tmp_path / "r.json", {"config": {}, "value": float("nan"), "list": [float("inf")]})
+    assert json.loads(path.read_text()) == {"config": {}, "value": None, "list": [None]}
+    with pytest.raises(ValueError, match="config"):
+        _common.write_json(tmp_path / "bad.json", {"value": 1})
+
+
+def test_peak_rss_reset():
+    if not _common.reset_peak_rss():
+        pytest.skip("this kernel has no resettable RSS high-water mark")
+    before = _common.peak_rss_mb()
+    block = bytearray(64 * 2**20)
+    block[:: 4096] = b"\x01" * len(block[:: 4096])  # touch every page so it becomes resident
+    assert _common.peak_rss_mb() >= before + 48
