@@ -13,10 +13,10 @@ ends without turning the safety check off by default:
 - Loading: the local-path loader that :func:`install` registers with MMEngine's
   ``CheckpointLoader`` loads with ``weights_only=True``. Files that still need
   arbitrary unpickling (written by plain MMEngine, or holding custom objects)
-  load only when the caller trusts them: ``MASKKIT_TRUST_CHECKPOINTS=1`` in the
-  environment, :func:`set_trust_checkpoints` (the ``maskkit`` command calls it
-  for files it wrote), or ``trust_checkpoints=True`` in a config that uses
-  ``RNGStateHook``. A trusted load runs arbitrary code from the file.
+  load only when the caller trusts them. Trust comes from
+  ``MASKKIT_TRUST_CHECKPOINTS=1`` in the environment, from
+  :func:`set_trust_checkpoints`, or from ``trust_checkpoints=True`` in a config
+  that uses ``RNGStateHook``. A trusted load can run arbitrary code from the file.
 - RNG state: :func:`capture_rng_state` and :func:`restore_rng_state` cover
   Python's ``random``, numpy, torch CPU and CUDA, and named ``torch.Generator``
   objects, as tensors and plain values only.

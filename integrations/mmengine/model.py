@@ -79,10 +79,10 @@ class MaskKitCLIP(BaseModel):
       terms that MMEngine sums. The other keys are statistics, which
       ``BaseModel.parse_losses`` logs without adding them to the loss because
       their names do not contain ``"loss"``.
-    - ``"predict"``: a one-element list holding a dict with ``image_features``
-      (B, D) and ``text_features`` (B, D), L2-normalised, on the CPU, plus the
-      batch's ``labels``, ``boxes``, ``keys`` when present, for the metrics,
-      and ``keep_idx`` (B, K) with ``grid`` when the batch has boxes and the
+    - ``"predict"``: a one-element list holding a dict for the metrics. It has
+      L2-normalised ``image_features`` and ``text_features`` (B, D) on the CPU,
+      and the batch's ``labels``, ``boxes`` and ``keys`` when present. It also
+      has ``keep_idx`` (B, K) and ``grid`` when the batch has boxes and the
       method offers ``select_patches(images)``.
     - ``"tensor"``: ``(image_features, text_features)`` on the device.
 
