@@ -164,8 +164,8 @@ def format_metrics_table(metrics: dict) -> str:
     lines = [f"{'metric':<{width}}  value", f"{'-' * width}  {'-' * 10}"]
     for key in keys:
         value = metrics[key]
-        shown = f"{value:.2f}" if isinstance(value, float) else str(value)
-        lines.append(f"{key:<{width}}  {shown}")
+        text = f"{value:.2f}" if isinstance(value, float) else str(value)
+        lines.append(f"{key:<{width}}  {text}")
     return "\n".join(lines)
 
 

@@ -84,7 +84,7 @@ def _user_dataset_cfg(data: Path, image_size: int, classes: Sequence[str] | None
 
 
 def _is_plain_open_clip(checkpoint: Path) -> bool:
-    """Whether ``checkpoint`` is an open_clip state dict rather than a whole-model MMEngine checkpoint."""
+    """Check whether ``checkpoint`` is an open_clip state dict rather than a whole-model MMEngine checkpoint."""
     from maskkit.integrations.mmengine.compat import load_checkpoint_file
 
     try:
@@ -97,7 +97,7 @@ def _is_plain_open_clip(checkpoint: Path) -> bool:
         return False
     if "logit_scale" in keys and any(key.startswith("visual.") for key in keys):
         return True
-    raise _usage_error(f"checkpoint {checkpoint} holds neither a maskkit model ('method.' keys) nor an "
+    raise _usage_error(f"checkpoint {checkpoint} contains neither a maskkit model ('method.' keys) nor an "
                        "open_clip model ('visual.' and 'logit_scale' keys)")
 
 

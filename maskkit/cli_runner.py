@@ -1,8 +1,8 @@
 """The MMEngine run behind ``maskkit train``.
 
-The recipe's config is built into an MMEngine ``Runner``; this module adds a
-tqdm progress bar over training iterations and reads the ``metrics.json`` that
-the recipe's ``MetricsJSONHook`` leaves in the work dir.
+The recipe's config is built into an MMEngine ``Runner``. This module adds a
+tqdm progress bar over training iterations and then reads the
+``metrics.json`` that the recipe's ``MetricsJSONHook`` writes to the work dir.
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ class _TqdmWriteHandler(logging.StreamHandler):
 
         try:
             tqdm.write(self.format(record), file=self.stream)
-        except Exception:  # logging must never raise into the training loop
+        except Exception:  # a failed log write must not stop training; handleError reports it
             self.handleError(record)
 
 

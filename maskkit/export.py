@@ -3,7 +3,7 @@
 maskkit writes two kinds of checkpoint:
 
 - MMEngine checkpoints: ``{"meta", "state_dict", "optimizer", "message_hub", ...}``
-  where ``state_dict`` holds the whole MMEngine model, so the open_clip host sits
+  where ``state_dict`` contains the whole MMEngine model, so the open_clip host sits
   under a prefix (for example ``method.model.``, plus ``module.`` under DDP) next
   to the EMA teacher, projection heads and a learned scorer.
 - open_clip launcher checkpoints: open_clip_train's layout (``state_dict`` with
@@ -54,7 +54,7 @@ def load_checkpoint_file(path: str | Path) -> Mapping[str, Any]:
     except Exception as error:  # pickle errors have many types; the compat loader explains them
         checkpoint = _load_with_mmengine_compat(path, error)
     if not isinstance(checkpoint, Mapping):
-        raise ValueError(f"checkpoint {path} holds a {type(checkpoint).__name__}, expected a dict")
+        raise ValueError(f"invalid checkpoint {path}: it contains a {type(checkpoint).__name__}, expected a dict")
     return checkpoint
 
 

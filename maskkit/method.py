@@ -102,6 +102,34 @@ class MaskedContrastiveCLIP(nn.Module):
         with selector.use_scores(scores):
             return self.model.encode_image(images, normalize=normalize)
 
+    @torch.no_grad()
+    def select_patches(self, images: torch.Tensor) -> Optional[tuple[torch.Tensor, tuple[int, int]]]:
+        """Return the patches the training selection keeps on whole, unaugmented ``images``.
+
+        For mask statistics at evaluation: the images act as their own teacher
+        view, and selection runs at the training ``keep_ratio`` (deterministic
+        top-k). Returns ``(keep_idx (B, K), grid)``; presets without masking keep
+        every patch, so K = N there.
+        """
+        selector = self.selector
+        if selector is None:
+            from maskkit.towers import find_vision_tower, tower_grid
+
+            grid = tuple(tower_grid(find_vision_tower(self.model), tuple(images.shape[-2:])))
+            every = torch.arange(grid[0] * grid[1], device=images.device)
+            return every.expand(images.shape[0], -1), grid
+        saved = selector.eval_keep_ratio
+        was_training = self.model.training
+        if saved is None:
+            selector.eval_keep_ratio = selector.keep_ratio
+        self.model.eval()
+        try:
+            self.encode_image(images)
+            return selector.keep_idx, tuple(selector.grid)
+        finally:
+            selector.eval_keep_ratio = saved
+            self.model.train(was_training)
+
     def encode_text(self, texts: torch.Tensor, normalize: bool = False) -> torch.Tensor:
         """Encode (B, T) token ids with the host's ``encode_text``."""
         return self.model.encode_text(texts, normalize=normalize)

@@ -6,8 +6,8 @@
 # canvases; 5,000 training and 1,000 test images, 10 classes).
 # Optimisation: batch 128, AdamW lr 5e-4 with a 50-step linear warm-up and
 # gradient clipping at 1.0. Without the warm-up (lr 1e-3) a CLIP this small
-# stays at chance. Weight decay 0.1 (the paper's 0.5 is for ViT-B/16 at
-# batch 4096).
+# stays at chance. Weight decay 0.1 (A-CLIP's published 0.5 is for ViT-B/16
+# at batch 4096).
 #
 # This file holds no standard-library imports, so mmengine.Config.fromfile
 # loads it inside any virtual environment.
@@ -39,7 +39,9 @@ model = dict(
 
 train_dataloader = dict(
     batch_size=__batch_size,
-    num_workers=0,
+    # One worker composes the next batch while the model trains on this one.
+    num_workers=1,
+    persistent_workers=True,
     sampler=dict(type='InfiniteSampler', shuffle=True),
     dataset=dict(type='EmbeddedImageText', split='train', image_size=__image_size),
     collate_fn=dict(type='maskkit.maskkit_collate', tokenizer='ViT-B-16', context_length=__context_length),

@@ -305,3 +305,17 @@ def test_flops_use_built_head_dims():
 def test_unknown_preset_key_rejected():
     with pytest.raises(ValueError, match="keep_rato"):
         build_method({"base": "clip", "keep_rato": 0.5}, tiny_open_clip())
+
+
+@pytest.mark.parametrize("preset", ["clip", "flip", "aclip"])
+def test_select_patches_on_whole_images(preset):
+    model = tiny_open_clip()
+    method = build_method(preset, model, total_steps=10)
+    images = torch.randn(3, 3, 32, 32)
+    keep_idx, grid = method.select_patches(images)
+    assert grid == (4, 4)
+    # clip keeps all 16 patches; flip keeps 8 of 16; aclip keeps 2 of 4 2x2 blocks.
+    expected = 16 if preset == "clip" else 8
+    assert keep_idx.shape == (3, expected)
+    assert method.model.training, "select_patches must restore the training mode"
+    assert method.selector is None or method.selector.eval_keep_ratio is None

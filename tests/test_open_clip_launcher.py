@@ -70,7 +70,8 @@ def test_split_argv_keeps_open_clip_flags_in_order():
     mask_args, rest = split_argv(["--model", "RN50", "--mask-preset", "flip", "--mask-keep-ratio", "0.25",
                                   "--batch-size", "8"])
     assert rest == ["--model", "RN50", "--batch-size", "8"]
-    assert mask_args.mask_preset == "flip" and mask_args.mask_keep_ratio == 0.25
+    assert mask_args.mask_preset == "flip"
+    assert mask_args.mask_keep_ratio == 0.25
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -183,7 +184,7 @@ def test_launcher_webdataset_zero_shot_distill_compile(tmp_path, csv_data, share
     assert "imagenet-zeroshot-val-top1" in results[-1]
     log = (tmp_path / "wds" / "out.log").read_text()
     assert "Loss_distill" in log
-    assert "compiled visual.transformer" in log or "compiled" in log
+    assert "compiled visual.transformer, transformer with backend 'aot_eager'" in log
 
 
 @pytest.mark.slow

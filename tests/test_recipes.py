@@ -79,11 +79,14 @@ def test_paper_recipe_published_values(name):
     assert cfg.auto_scale_lr.base_batch_size == 4096
 
     warmup, cosine = cfg.param_scheduler
-    assert warmup.type == "LinearLR" and (warmup.begin, warmup.end) == (0, 1)
+    assert warmup.type == "LinearLR"
+    assert (warmup.begin, warmup.end) == (0, 1)
     assert math.isclose(warmup.start_factor * optimizer.lr, 1e-6)
-    assert cosine.type == "CosineAnnealingLR" and (cosine.begin, cosine.end) == (1, 25)
+    assert cosine.type == "CosineAnnealingLR"
+    assert (cosine.begin, cosine.end) == (1, 25)
     assert cosine.eta_min == 1e-5
-    assert warmup.convert_to_iter_based and cosine.convert_to_iter_based
+    assert warmup.convert_to_iter_based
+    assert cosine.convert_to_iter_based
     assert cfg.train_dataloader.dataset.urls == cfg.train_shards
 
 
@@ -101,7 +104,8 @@ def test_tiny_recipe_sizes(name):
     assert cfg.optim_wrapper.optimizer.lr == 5e-4
     assert cfg.optim_wrapper.clip_grad.max_norm == 1.0
     warmup = cfg.param_scheduler[0]
-    assert warmup.type == "LinearLR" and warmup.end == 50
+    assert warmup.type == "LinearLR"
+    assert warmup.end == 50
     assert cfg.train_dataloader.dataset.type == "EmbeddedImageText"
 
 

@@ -143,8 +143,10 @@ class MaskKitCLIP(BaseModel):
             result = {"image_features": image_features.float().cpu(), "text_features": text_features.float().cpu()}
             select_patches = getattr(self.method, "select_patches", None)
             if select_patches is not None and data_samples is not None and "boxes" in data_samples:
-                keep_idx, grid = select_patches(images)
-                result.update(keep_idx=keep_idx.cpu(), grid=tuple(grid))
+                selection = select_patches(self.prepare_images(images))
+                if selection is not None:  # None: the preset keeps every patch
+                    keep_idx, grid = selection
+                    result.update(keep_idx=keep_idx.cpu(), grid=tuple(grid))
             for key in ("labels", "boxes", "keys", "captions"):
                 if data_samples is not None and key in data_samples:
                     value = data_samples[key]

@@ -249,7 +249,7 @@ def _numpy2_zero_shot_accuracy() -> Iterator[None]:
     """Swap in :func:`_topk_accuracy` for open_clip_train's zero-shot ``accuracy``.
 
     open_clip_train 3.3.0 calls ``float()`` on a one-element 1-D numpy array,
-    which numpy >= 2.4 rejects, so ``--imagenet-val`` fails without this.
+    which numpy 2.4 (tested with 2.4.6) rejects, so ``--imagenet-val`` fails without this.
     """
     from open_clip_train import zero_shot
 
