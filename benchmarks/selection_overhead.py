@@ -102,6 +102,11 @@ def measure_tower(name: str, sizes: dict, args, device: torch.device) -> dict:
 
         def run():
             for _ in range(args.inner):
+                # Gradients start empty, as after zero_grad(set_to_none=True) in training, so the
+                # backward writes them rather than adding into buffers left from the previous call.
+                tokens.grad = None
+                if selector.scorer is not None:
+                    selector.scorer.zero_grad(set_to_none=True)
                 out = selector(tokens)
                 if backward:
                     out.backward(grad_out)
