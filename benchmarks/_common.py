@@ -1,8 +1,8 @@
 """Shared helpers of the benchmark scripts: machine description, interleaved timing, memory, JSON output.
 
 Timing convention: the candidates of one benchmark run side by side in one process, one call of each
-per round, in an order that rotates every round, so slow drifts of a shared machine (other processes,
-thermal state) hit every candidate alike. Warm-up rounds are dropped and each candidate reports the
+per round. The order rotates every round, so slow drifts of a shared machine (other processes,
+thermal state) hit every candidate alike. Warm-up rounds are dropped, and each candidate reports the
 median of the remaining rounds.
 """
 

@@ -9,7 +9,7 @@ image shows (see ``_clutter.py``):
   test images share a caption (30 class x texture pairs), so a hit is a top-1 image of which the
   caption is true (same class and texture), not only the caption's own image;
 - ``object_patch_kept``: share of the item's patches the trained selector keeps on the full test
-  images (1.0 when nothing is masked; random selection gives about the keep ratio).
+  images. It is 1.0 when nothing is masked, and random selection gives about the keep ratio.
 
     python benchmarks/accuracy.py --out benchmarks/results/accuracy_fmnist.json --seeds 0 1 2
     python benchmarks/accuracy.py --source cifar10 --seeds 0 --out benchmarks/results/accuracy_cifar10.json
@@ -110,6 +110,7 @@ def train(method, data: ClutterSet, captions: torch.Tensor, seed: int, args) -> 
     started = time.perf_counter()
     order = rng.permutation(len(data))
     cursor = 0
+
     for step in range(args.steps):
         if cursor + args.batch > len(order):
             order, cursor = rng.permutation(len(data)), 0
@@ -121,6 +122,7 @@ def train(method, data: ClutterSet, captions: torch.Tensor, seed: int, args) -> 
         texts = captions[pick, data.labels[indices], data.texture_index[indices]]
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, args.steps, args.lr, warmup)
+
         out = method(images, texts)
         loss = sum(value for key, value in out.items() if key.startswith("loss_"))
         optimizer.zero_grad(set_to_none=True)
@@ -263,7 +265,8 @@ def main(argv=None) -> dict:
                   runs_definition={name: {"preset": preset, "keep_ratio": keep, "overrides": overrides}
                                    for name, (preset, keep, overrides) in RUNS.items() if name in args.runs},
                   command=" ".join(["python", "benchmarks/accuracy.py"] + (sys.argv[1:] if argv is None else argv)))
-    runs = []
+    runs: list[dict] = []
+    result: dict = {}
     for seed in args.seeds:
         for name in args.runs:
             method, keep_ratio = build_run(name, seed, args)
@@ -273,9 +276,11 @@ def main(argv=None) -> dict:
                       "train_seconds": seconds}
             runs.append(record)
             logger.info("%s seed %d: %s", name, seed, {k: round(v, 3) for k, v in metrics.items()})
-    config["load_average_end"] = load_average()
-    result = {"config": config, "runs": runs, "summary": summarize_runs(runs)}
-    write_json(args.out, result)
+            # Rewrite the file after every run, so an interrupted grid keeps the finished runs.
+            config["load_average_end"] = load_average()
+            config["complete"] = len(runs) == len(args.seeds) * len(args.runs)
+            result = {"config": config, "runs": runs, "summary": summarize_runs(runs)}
+            write_json(args.out, result)
     return result
 
 

@@ -1,10 +1,11 @@
 """Cost of token selection relative to one masked forward + backward of a ViT image tower.
 
-For ViT-S/16- and ViT-B/16-sized open_clip towers at 224 px, the script times, side by side in one
-process, (a) one forward + backward of the tower with a selector keeping half the patches, and
-(b) the selector alone on the same (B, 1 + N, C) tokens: scoring (random or learned), top-k
-selection, gather and, for the learned scorer, the straight-through gate, forward and backward.
-It reports (b) / (a) per scorer; the target is at most 0.02.
+The script builds ViT-S/16- and ViT-B/16-sized open_clip towers at 224 px. For each, it times two
+things side by side in one process. (a) is one forward + backward of the tower with a selector
+keeping half the patches. (b) is the selector alone on tokens of the same (B, 1 + N, C) shape:
+scoring (random or learned), top-k selection, gather and, for the learned scorer, the
+straight-through gate, forward and backward. It reports (b) / (a) per scorer, with a target of at
+most 0.02.
 
     python benchmarks/selection_overhead.py --out benchmarks/results/selection_overhead_cpu.json
 
@@ -48,7 +49,7 @@ TARGET_FRACTION = 0.02
 
 
 def build_tower(width: int, layers: int, heads: int, image_size: int, patch_size: int):
-    """A randomly initialised open_clip ``VisionTransformer`` in training mode."""
+    """Build a randomly initialised open_clip ``VisionTransformer`` in training mode."""
     from open_clip.transformer import VisionTransformer
 
     tower = VisionTransformer(image_size=image_size, patch_size=patch_size, width=width, layers=layers,
@@ -57,7 +58,7 @@ def build_tower(width: int, layers: int, heads: int, image_size: int, patch_size
 
 
 def build_selector(scorer_name: str, width: int, keep_ratio: float, seed: int):
-    """A TokenSelector holding a freshly built token scorer (learned: MLP for tokens of ``width``)."""
+    """Build a TokenSelector with a new token scorer; the learned scorer's MLP takes tokens of ``width``."""
     from maskkit import TokenSelector, build_scorer
 
     scorer = build_scorer(scorer_name, dim=width) if scorer_name == "learned" else build_scorer(scorer_name)
@@ -75,8 +76,8 @@ def measure_tower(name: str, sizes: dict, args, device: torch.device) -> dict:
     num_patches = grid[0] * grid[1]
     images = torch.randn(args.batch, 3, args.image_size, args.image_size, device=device)
 
-    # The tower's own selector uses the random scorer (FLIP's cost); the selection candidates below
-    # run their own selectors on a token tensor of the shape the tower's selector receives.
+    # The tower's own selector uses the random scorer, as FLIP does. The selection candidates below
+    # run separate selectors on a token tensor of the shape that the tower's selector receives.
     tower_selector, _ = build_selector("random", sizes["width"], args.keep_ratio, args.seed)
     attach(tower, tower_selector)
     in_step = PhaseTimer(device)

@@ -267,7 +267,12 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def select_config(args) -> tuple[str, dict]:
-    key = "smoke" if args.smoke else ("cuda" if torch.device(args.device).type == "cuda" else "cpu")
+    if args.smoke:
+        key = "smoke"
+    elif torch.device(args.device).type == "cuda":
+        key = "cuda"
+    else:
+        key = "cpu"
     config = json.loads(json.dumps(CONFIGS[key]))
     if args.batch is not None:
         config["batch"] = args.batch

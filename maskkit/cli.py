@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -191,6 +192,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"maskkit {args.command}: error: {error}; install it with: pip install 'maskkit[{extra}]'",
               file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # The reader of stdout (for example `head`) exited. Point stdout at devnull so the
+        # interpreter's final flush does not raise again, as the Python signal docs advise.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except KeyboardInterrupt:
         print(f"maskkit {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -1,8 +1,8 @@
 """The benchmark scripts run in their tiny --smoke configurations and write the documented JSON.
 
-The numbers of a smoke run mean nothing; these tests check that each script runs end to end on real
-models (and real data for the accuracy benchmark) and that its file has the documented keys and
-self-consistent values. Timings themselves are never asserted.
+The numbers of a smoke run mean nothing. These tests check that each script runs end to end on real
+models (and real data for the accuracy benchmark), and that its file has the documented keys and
+self-consistent values. No test asserts a timing.
 """
 
 from __future__ import annotations

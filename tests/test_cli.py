@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -233,13 +234,19 @@ def trained_aclip(tmp_path_factory):
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_train_resume_continues(trained_aclip):
-    result = run_cli("train", "aclip_tiny", "--work-dir", str(trained_aclip), "--resume", "--cfg-options",
+def test_train_resume_continues(trained_aclip, tmp_path):
+    # Resume in a copy, because the run deletes older checkpoints that other tests read.
+    work_dir = tmp_path / "resumed"
+    shutil.copytree(trained_aclip, work_dir)
+    (work_dir / "last_checkpoint").write_text(str(work_dir / "iter_2.pth"))
+
+    result = run_cli("train", "aclip_tiny", "--work-dir", str(work_dir), "--resume", "--cfg-options",
                      "train_cfg.max_iters=3", *SHORT_RUN[1:])
     assert result.returncode == 0, result.stderr[-3000:]
     assert "resumed" in (result.stdout + result.stderr).lower()
-    metrics = json.loads((trained_aclip / "metrics.json").read_text())
+    metrics = json.loads((work_dir / "metrics.json").read_text())
     assert metrics["iterations"] == 3
+    assert (trained_aclip / "iter_2.pth").is_file()
 
 
 def _cifar_csv(shared_data: Path, folder: Path, count: int = 40) -> Path:

@@ -58,7 +58,7 @@ def train_small_model(steps: int, batch_size: int = 128, keep_ratio: float = 0.5
             scheduler.step()
             step += 1
             if step % 50 == 0:
-                logger.info("step %d loss %.3f", step, float(loss))
+                logger.info("step %d loss %.3f", step, loss.item())
             if step >= steps:
                 break
     method.eval()
@@ -103,14 +103,16 @@ def measure(method, tokenizer, keep_ratios: Sequence[Optional[float]], batch_siz
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=300, help="training steps of the small model")
+    parser.add_argument("--batch-size", type=int, default=128, help="training batch size")
     parser.add_argument("--out", type=Path, default=Path("masked_inference.json"), help="JSON file to write")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(2)
-    method, tokenizer = train_small_model(args.steps)
+    method, tokenizer = train_small_model(args.steps, batch_size=args.batch_size)
     records = measure(method, tokenizer, [None, 0.75, 0.5, 0.25])
-    args.out.write_text(json.dumps({"steps": args.steps, "threads": torch.get_num_threads(),
-                                    "records": records}, indent=1))
+    summary = {"steps": args.steps, "batch_size": args.batch_size, "threads": torch.get_num_threads(),
+               "records": records}
+    args.out.write_text(json.dumps(summary, indent=1))
     for record in records:
         logger.info("%s", record)
     return 0
