@@ -34,10 +34,10 @@ def read_fashion_mnist(root: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     return images, labels
 
 
-def read_cifar10(root: Path, split: str, max_items: int) -> tuple[np.ndarray, np.ndarray]:
+def read_cifar10(root: Path, split: str, per_class: int) -> tuple[np.ndarray, np.ndarray]:
     """Items (n, 32, 32, 3) uint8 and labels (n,) from the webdataset shards ``{split}-*.tar`` in ``root``.
 
-    Reads shards in name order until ``max_items`` samples are decoded.
+    Reads shards in name order until every class has ``per_class`` decoded samples (or the shards end).
     """
     from PIL import Image
 
@@ -45,6 +45,7 @@ def read_cifar10(root: Path, split: str, max_items: int) -> tuple[np.ndarray, np
     if not shards:
         raise FileNotFoundError(f"no CIFAR-10 shards named {split}-*.tar in {root}")
     images, labels = [], []
+    counts = np.zeros(len(CIFAR10_CLASSNAMES), np.int64)
     for shard in shards:
         pending: dict[str, dict[str, bytes]] = {}
         with tarfile.open(shard) as archive:
@@ -55,8 +56,9 @@ def read_cifar10(root: Path, split: str, max_items: int) -> tuple[np.ndarray, np
                 if "jpg" in sample and "cls" in sample:
                     images.append(np.asarray(Image.open(io.BytesIO(sample["jpg"])).convert("RGB")))
                     labels.append(int(sample["cls"]))
+                    counts[labels[-1]] += 1
                     del pending[key]
-                    if len(images) >= max_items:
+                    if counts.min() >= per_class:
                         return np.stack(images), np.asarray(labels, np.uint8)
     return np.stack(images), np.asarray(labels, np.uint8)
 
@@ -76,9 +78,7 @@ class ClutterSet:
         if source == "fashion_mnist":
             items, labels = read_fashion_mnist(Path(data_root) / "fashion-mnist", split)
         else:
-            shard_split = "train" if split == "train" else "test"
-            # Enough decoded items for a class-balanced draw of per_class per class.
-            items, labels = read_cifar10(Path(data_root) / "cifar10", shard_split, max_items=per_class * 14)
+            items, labels = read_cifar10(Path(data_root) / "cifar10", split, per_class)
         counts = np.bincount(labels, minlength=10)
         if counts.min() < per_class:
             raise ValueError(f"{source} {split} has only {counts.min()} items in its smallest class; "
