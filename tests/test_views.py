@@ -441,6 +441,9 @@ def _draw_on_rank(rank: int, world_size: int, init_file: str, queue) -> None:
                                          world_size=world_size)
     try:
         queue.put((rank, torch.rand(4, generator=rank_generator(7)).tolist()))
+        # Without a barrier a fast rank can tear down its connections while the
+        # other is still completing gloo's connection mesh.
+        torch.distributed.barrier()
     finally:
         torch.distributed.destroy_process_group()
 
