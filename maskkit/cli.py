@@ -72,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     export = commands.add_parser("export", help="write a plain open_clip checkpoint")
     export.add_argument("checkpoint", type=Path, help="maskkit checkpoint (MMEngine or open_clip launcher)")
     export.add_argument("--out", type=Path, required=True, help="output file, loadable by open_clip")
+    export.add_argument("--model-config", type=Path, default=None,
+                        help="also write the recipe's open_clip model config as JSON, for "
+                             "open_clip.add_model_config (recipes with an explicit model_cfg)")
     export.set_defaults(handler=_run_export)
 
     listing = commands.add_parser("list", help="list registered plugins and recipes")
@@ -120,6 +123,15 @@ def _run_export(args: argparse.Namespace) -> int:
         raise UsageError(str(error)) from error
     count = sum(value.numel() for value in state.values())
     print(f"wrote {args.out}: {len(state)} tensors, {count / 1e6:.2f} M values")
+    if args.model_config is not None:
+        from maskkit.export import export_model_config
+
+        try:
+            export_model_config(args.checkpoint, args.model_config)
+        except ValueError as error:
+            raise UsageError(str(error)) from error
+        print(f"wrote {args.model_config}: load with open_clip.add_model_config({str(args.model_config)!r}) "
+              f"and open_clip.create_model({args.model_config.stem!r}, pretrained={str(args.out)!r})")
     return 0
 
 

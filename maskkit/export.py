@@ -128,3 +128,36 @@ def export_open_clip(checkpoint_path: str | Path, out_path: str | Path) -> dict[
     out_path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(state, out_path)
     return state
+
+
+def export_model_config(checkpoint_path: str | Path, out_path: str | Path) -> dict[str, Any]:
+    """Write the open_clip model config of an MMEngine checkpoint's recipe to ``out_path`` (JSON).
+
+    The file is what ``open_clip.add_model_config`` reads, so a model built from
+    an explicit ``model_cfg`` (such as the tiny recipes') can be loaded by name
+    with ``open_clip.create_model(Path(out_path).stem, pretrained=...)``.
+
+    Raises:
+        ValueError: the checkpoint carries no recipe (``meta['cfg']``) or its
+            model is an open_clip model name, which needs no config file.
+    """
+    import json
+
+    checkpoint = load_checkpoint_file(checkpoint_path)
+    text = (checkpoint.get("meta") or {}).get("cfg") if isinstance(checkpoint, Mapping) else None
+    if not isinstance(text, str):
+        raise ValueError(f"{checkpoint_path} has no recipe in meta['cfg']; only checkpoints written by "
+                         "`maskkit train` carry one")
+    from mmengine.config import Config
+
+    model = Config.fromstring(text, ".py").get("model", {})
+    model_cfg = model.get("model_cfg")
+    if model_cfg is None:
+        name = model.get("model_name")
+        raise ValueError(f"the recipe builds open_clip's named model {name!r}; load the export with "
+                         f"open_clip.create_model({name!r}, pretrained=FILE), no config file is needed")
+    model_cfg = json.loads(json.dumps(model_cfg.to_dict() if hasattr(model_cfg, "to_dict") else dict(model_cfg)))
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text(json.dumps(model_cfg, indent=2) + "\n")
+    return model_cfg

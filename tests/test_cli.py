@@ -317,3 +317,20 @@ def test_masks_records_kept_patches(tiny_aclip):
         assert grid == (8, 8)
         assert keep_idx.shape == (2, 32)  # 8 of 16 2x2 blocks
         assert keep_idx.max() < 64
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_export_model_config_loads_by_name(trained_aclip, tmp_path):
+    import open_clip
+
+    weights = tmp_path / "aclip_tiny_open_clip.pt"
+    config = tmp_path / "maskkit_test_tiny.json"
+    result = run_cli("export", str(trained_aclip / "iter_2.pth"), "--out", str(weights),
+                     "--model-config", str(config))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(config.read_text())["vision_cfg"]["image_size"] == 112
+
+    open_clip.add_model_config(str(config))
+    model = open_clip.create_model("maskkit_test_tiny", pretrained=str(weights))
+    assert model.encode_image(torch.randn(1, 3, 112, 112)).shape == (1, 128)

@@ -98,8 +98,12 @@ def test_update_teacher_on_step_runs_once_per_step():
 def test_custom_loop_from_docs(tmp_path, monkeypatch, capsys):
     model_name = register_tiny_config(tmp_path)
     monkeypatch.chdir(tmp_path)
-    namespace = {"model_name": model_name, "steps": 3, "batch_size": 8}
-    exec(compile(docs_block("custom-loop"), "docs/open_clip.md", "exec"), namespace)
+    settings = 'model_name, steps, batch_size = "ViT-B-16", 10_000, 256\n'
+    code = docs_block("custom-loop")
+    assert code.startswith(settings), "the documented loop must start with its settings line"
+    code = code.replace(settings, f"model_name, steps, batch_size = {model_name!r}, 3, 8\n", 1)
+    namespace = {}
+    exec(compile(code, "docs/open_clip.md", "exec"), namespace)
 
     printed = capsys.readouterr().out.strip().splitlines()
     assert len(printed) == 3

@@ -238,6 +238,8 @@ class MetricsJSONHook(Hook):
         if not is_main_process():
             return
         record = {key: _plain(value) for key, value in (metrics or {}).items()}
+        # Percentages computed in float32 carry noise such as 0.4999999888; four decimals keep every real digit.
+        record = {key: round(value, 4) if isinstance(value, float) else value for key, value in record.items()}
         record.update(iterations=int(runner.iter), train_seconds=round(self._train_seconds, 3),
                       skipped_samples=skipped)
         path = self._path(runner)
