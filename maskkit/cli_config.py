@@ -15,7 +15,7 @@ import logging
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-__all__ = ["PLACEHOLDER_PREFIX", "load_recipe_config", "parse_cfg_options", "check_data_paths",
+__all__ = ["PLACEHOLDER_PREFIX", "load_recipe_config", "parse_cfg_options", "check_data_paths", "check_dataloader_keys",
            "drop_unset_validation"]
 
 logger = logging.getLogger(__name__)
@@ -155,6 +155,27 @@ def check_data_paths(cfg, loader_keys: Iterable[str] = ("train_dataloader", "val
             missing = [path for path in _expand(value) if not glob.glob(path)]
             if missing:
                 raise _usage_error(f"{label}.dataset.{key}: {len(missing)} path(s) not found, first: {missing[0]}")
+
+
+# Keys MMEngine's build_dataloader reads itself, besides torch DataLoader's own arguments.
+_MMENGINE_LOADER_KEYS = frozenset({"dataset", "sampler", "batch_sampler", "collate_fn", "worker_init_fn"})
+
+
+def check_dataloader_keys(cfg, loader_keys: Iterable[str] = ("train_dataloader", "val_dataloader")) -> None:
+    """Raise UsageError when a dataloader entry has a key torch's DataLoader does not take (a misspelled option)."""
+    import inspect
+
+    from torch.utils.data import DataLoader
+
+    allowed = (set(inspect.signature(DataLoader.__init__).parameters) - {"self"}) | _MMENGINE_LOADER_KEYS
+    for key in loader_keys:
+        loader = cfg.get(key)
+        if not isinstance(loader, dict):
+            continue
+        unknown = sorted(set(loader) - allowed)
+        if unknown:
+            raise _usage_error(f"{key}: unknown option(s) {', '.join(unknown)}; "
+                               f"valid options: {', '.join(sorted(allowed))}")
 
 
 def _has_placeholder(node: Any) -> bool:

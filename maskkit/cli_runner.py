@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from maskkit.cli_config import check_data_paths, drop_unset_validation, load_recipe_config
+from maskkit.cli_config import check_data_paths, check_dataloader_keys, drop_unset_validation, load_recipe_config
 
 __all__ = ["METRICS_FILE", "train", "read_metrics", "build_runner"]
 
@@ -140,6 +140,8 @@ def build_runner(cfg):
         return Runner.from_cfg(cfg)
     except KeyError as error:  # MMEngine's "X is not in the registry" messages
         raise _usage_error(f"invalid recipe entry: {error.args[0] if error.args else error}") from error
+    except (TypeError, ValueError) as error:  # a misspelled or out-of-range option of the model or a hook
+        raise _usage_error(f"invalid recipe entry: {error}") from error
 
 
 def train(recipe: str, work_dir: Path | None = None, cfg_options: Sequence[str] = (), launcher: str = "none",
@@ -150,6 +152,7 @@ def train(recipe: str, work_dir: Path | None = None, cfg_options: Sequence[str] 
 
     cfg, _ = load_recipe_config(recipe, cfg_options, work_dir)
     drop_unset_validation(cfg)
+    check_dataloader_keys(cfg)
     check_data_paths(cfg)
     cfg.launcher = launcher
     if resume:

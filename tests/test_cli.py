@@ -334,3 +334,15 @@ def test_export_model_config_loads_by_name(trained_aclip, tmp_path):
     open_clip.add_model_config(str(config))
     model = open_clip.create_model("maskkit_test_tiny", pretrained=str(weights))
     assert model.encode_image(torch.randn(1, 3, 112, 112)).shape == (1, 128)
+
+
+@pytest.mark.parametrize("option, names", [
+    ("train_dataloader.batchsize=8", ["batchsize", "batch_size"]),
+    ("model.method_cfg.keep_ratoi=0.3", ["keep_ratoi", "keep_ratio"]),
+])
+def test_train_rejects_misspelled_leaf_option(option, names, tmp_path):
+    result = run_cli("train", "aclip_tiny", "--work-dir", str(tmp_path), "--cfg-options", option)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    for name in names:
+        assert name in result.stderr
