@@ -7,7 +7,7 @@ looked up lazily: a plugin module is imported only when its name is built or
 listed, never at ``import maskkit``.
 
 A spec passed to a ``build_*`` function is either a registered name or an
-MMEngine-style dict whose ``type`` key holds the name (or the class itself) and
+MMEngine-style dict whose ``type`` key contains the name (or the class itself) and
 whose other keys are constructor arguments::
 
     build_scorer("random")

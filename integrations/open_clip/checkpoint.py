@@ -93,7 +93,7 @@ def from_launcher_checkpoint(checkpoint: Mapping[str, Any], module, distributed:
     Under DDP, open_clip_train loads ``state_dict`` into the DDP wrapper, so the
     ``module.`` prefix is added back to plain keys. A checkpoint without a
     ``"maskkit"`` entry (plain open_clip) is accepted: the teacher, heads and
-    scorer then keep their fresh state, and a warning says so.
+    scorer then keep their fresh state, and a warning is logged.
     """
     out = dict(checkpoint)
     if MASKKIT_STATE_KEY in out:
@@ -150,7 +150,7 @@ def load_checkpoint(path: str | Path, method: nn.Module, *,
     ``weights_only=True``.
 
     Raises:
-        KeyError: the file has no ``"maskkit"`` entry, so it holds no teacher or heads.
+        KeyError: the file has no ``"maskkit"`` entry, so it contains no teacher or heads.
     """
     checkpoint = torch.load(Path(path), map_location="cpu", weights_only=True)
     if MASKKIT_STATE_KEY not in checkpoint:

@@ -121,7 +121,7 @@ def split_argv(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
 
 
 def masking_requested(mask_args: argparse.Namespace) -> bool:
-    """True when any flag asks for a maskkit method (model config and compile flags do not)."""
+    """Return True when any flag requests a maskkit method (model config and compile flags do not)."""
     return any(value not in (None, []) for value in (
         mask_args.mask_config, mask_args.mask_preset, mask_args.mask_scorer, mask_args.mask_keep_ratio,
         mask_args.mask_block_size, mask_args.mask_views, mask_args.mask_eval_keep_ratio, mask_args.mask_set))

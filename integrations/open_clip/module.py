@@ -32,7 +32,7 @@ __all__ = ["OpenCLIPTrainModule", "HOST_PREFIX", "AUX_LOSS_PREFIX", "flatten_out
 
 logger = logging.getLogger(__name__)
 
-# Where the open_clip model sits inside this module's real parameter tree.
+# Prefix of the open_clip model's keys inside this module's own parameter tree.
 HOST_PREFIX = "method.model."
 # Flat output keys holding per-sample shares of a scalar loss term.
 AUX_LOSS_PREFIX = "aux_loss."
@@ -160,7 +160,7 @@ class OpenCLIPTrainModule(nn.Module):
         self._replayed = 0
 
     def _draw_seed(self) -> int:
-        # A CPU generator, so drawing a seed never waits for the accelerator.
+        # The seed generator lives on the CPU, so drawing a seed does not wait for the accelerator.
         return int(torch.randint(0, 2**62, (1,), generator=self._seed_generator).item())
 
     def next_seed(self) -> int:
@@ -204,7 +204,7 @@ class OpenCLIPTrainModule(nn.Module):
         return flat
 
     def _eval_forward(self, image: Optional[torch.Tensor], text: Optional[torch.Tensor]) -> dict:
-        """The output dict of open_clip's ``CLIP.forward(..., output_dict=True)``."""
+        """Return the output dict of open_clip's ``CLIP.forward(..., output_dict=True)``."""
         host = self.method.model
         out = {"image_features": None if image is None else self.encode_image(image, normalize=True),
                "text_features": None if text is None else self.encode_text(text, normalize=True),
