@@ -15,12 +15,16 @@ image shows (see ``_clutter.py``):
     python benchmarks/accuracy.py --source cifar10 --seeds 0 --out benchmarks/results/accuracy_cifar10.json
 
 Writes ``{"config": {...}, "runs": [{"preset", "keep_ratio", "seed", "zeroshot_top1", "t2i_r1",
-"object_patch_kept", "train_seconds", ...}], "summary": {RUN: {metric: {"mean", "std", "n"}}}}``.
+"object_patch_kept", "train_seconds", ...}], "summary": {"runs": {RUN: {metric: {"mean", "std", "n"}}},
+"comparisons": {NAME: ...}}}``. The comparisons are the paper's expectations as differences paired
+by seed (attentive minus random selection at each keep ratio, ``aclip`` minus ``slip``, ...) and
+training-time ratios. ``--resummarize FILE`` recomputes the summary of an existing result file.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import math
 import os
@@ -202,29 +206,72 @@ def evaluate(method, data: ClutterSet, captions: torch.Tensor, tokenizer, batch:
             "object_patch_kept": float(np.mean(kept_shares)) if kept_shares else 1.0}
 
 
+# The paper's expectations as paired differences: (name, run A, run B, kind). "diff" compares A - B
+# per metric; "time_ratio" divides A's training time by B's. Pairs share a seed, so the spread over
+# seeds is that of the per-seed differences.
+COMPARISONS = (
+    ("attentive_vs_random_0.5", "attentive_0.5", "flip_0.5", "diff"),
+    ("attentive_vs_random_0.25", "attentive_0.25", "flip_0.25", "diff"),
+    ("attentive_0.5_vs_clip", "attentive_0.5", "clip", "diff"),
+    ("aclip_vs_slip", "aclip", "slip", "diff"),
+    ("aclip_vs_clip", "aclip", "clip", "diff"),
+    ("learned_vs_aclip", "aclip_learned", "aclip", "diff"),
+    ("aclip_time_vs_slip", "aclip", "slip", "time_ratio"),
+    ("attentive_0.5_time_vs_clip", "attentive_0.5", "clip", "time_ratio"),
+)
+DIFF_METRICS = ("zeroshot_top1", "t2i_r1", "object_patch_kept")
+
+
+def _stats(values: list[float]) -> dict:
+    return {"mean": statistics.fmean(values) if values else None,
+            "std": statistics.stdev(values) if len(values) > 1 else 0.0, "n": len(values)}
+
+
+def compare_runs(runs: list[dict]) -> dict:
+    """Per-seed paired differences (or time ratios) of the run pairs in ``COMPARISONS`` that both ran."""
+    by_key = {(run["run"], run["seed"]): run for run in runs}
+    comparisons: dict[str, dict] = {}
+    for name, first, second, kind in COMPARISONS:
+        seeds = sorted(seed for (run, seed) in by_key if run == first and (second, seed) in by_key)
+        if not seeds:
+            continue
+        pairs = [(by_key[first, seed], by_key[second, seed]) for seed in seeds]
+        entry: dict = {"a": first, "b": second, "seeds": seeds}
+        if kind == "time_ratio":
+            ratios = [a["train_seconds"] / b["train_seconds"] for a, b in pairs]
+            entry["train_seconds_ratio"] = dict(_stats(ratios), per_seed=ratios)
+        else:
+            for metric in DIFF_METRICS:
+                diffs = [a[metric] - b[metric] for a, b in pairs]
+                entry[metric] = dict(_stats(diffs), per_seed=diffs)
+        comparisons[name] = entry
+    return comparisons
+
+
 def summarize_runs(runs: list[dict]) -> dict:
+    """``{"runs": {RUN: {metric: {"mean", "std", "n"}}}, "comparisons": compare_runs(runs)}``."""
     summary: dict[str, dict] = {}
     for name in dict.fromkeys(run["run"] for run in runs):
         chosen = [run for run in runs if run["run"] == name]
         entry = {"preset": chosen[0]["preset"], "keep_ratio": chosen[0]["keep_ratio"]}
         for metric in METRICS:
-            values = [run[metric] for run in chosen if run[metric] is not None]
-            entry[metric] = {"mean": statistics.fmean(values) if values else None,
-                             "std": statistics.stdev(values) if len(values) > 1 else 0.0, "n": len(values)}
+            entry[metric] = _stats([run[metric] for run in chosen if run[metric] is not None])
         summary[name] = entry
-    return summary
+    return {"runs": summary, "comparisons": compare_runs(runs)}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", required=True, help="output JSON file")
+    parser.add_argument("--out", help="output JSON file (required unless --resummarize)")
+    parser.add_argument("--resummarize", type=Path, metavar="FILE",
+                        help="recompute the summary of the result file FILE in place and exit")
     parser.add_argument("--data-root", type=Path, default=Path(os.environ.get("MASKKIT_TEST_DATA", "data")),
                         help="folder holding fashion-mnist/ (IDX files) and cifar10/ (webdataset shards); "
                              "default: $MASKKIT_TEST_DATA, else ./data")
     parser.add_argument("--source", choices=("fashion_mnist", "cifar10"), default="fashion_mnist",
                         help="item source (default fashion_mnist)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds")
-    parser.add_argument("--steps", type=int, default=300, help="optimizer steps per run (default 300)")
+    parser.add_argument("--steps", type=int, default=400, help="optimizer steps per run (default 400)")
     parser.add_argument("--batch", type=int, default=64, help="training batch size (default 64)")
     parser.add_argument("--lr", type=float, default=5e-4, help="peak learning rate (default 5e-4)")
     parser.add_argument("--weight-decay", type=float, default=0.1, help="AdamW weight decay (default 0.1)")
@@ -239,6 +286,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="two runs, 2 steps, 10 test items per class: checks the script, not the numbers")
     parser.add_argument("--verbose", action="store_true", help="log progress")
     args = parser.parse_args(argv)
+    if args.out is None and args.resummarize is None:
+        parser.error("--out FILE is required (or --resummarize FILE to update an existing result)")
     if args.smoke:
         args.seeds, args.steps, args.batch = [0], 2, 8
         args.train_per_class, args.test_per_class = 10, 2
@@ -249,6 +298,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     setup_logging(args.verbose)
+    if args.resummarize is not None:
+        result = json.loads(args.resummarize.read_text())
+        result["summary"] = summarize_runs(result["runs"])
+        write_json(args.resummarize, result)
+        return result
     from maskkit.data import get_tokenizer
 
     tokenizer = get_tokenizer("ViT-B-16", context_length=MODEL["text"]["context_length"])

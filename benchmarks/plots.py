@@ -31,7 +31,7 @@ def _machine(config: dict) -> str:
 def plot_accuracy_vs_time(result: dict, path: Path) -> Path:
     """Scatter zero-shot top-1 (mean, std over seeds) against mean training seconds for each run."""
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    for name, entry in result["summary"].items():
+    for name, entry in result["summary"]["runs"].items():
         x, y = entry["train_seconds"]["mean"], entry["zeroshot_top1"]["mean"]
         ax.errorbar(x, y, yerr=entry["zeroshot_top1"]["std"], fmt="o", capsize=3)
         ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
@@ -53,7 +53,7 @@ def plot_object_patches(result: dict, path: Path) -> Path:
     """Plot the share of item patches kept against the keep ratio, with random selection's diagonal."""
     fig, ax = plt.subplots(figsize=(5.6, 4.4))
     ax.plot([0, 1], [0, 1], color="gray", linestyle="--", label="random selection (expected)")
-    for name, entry in result["summary"].items():
+    for name, entry in result["summary"]["runs"].items():
         kept = entry["object_patch_kept"]
         if kept["mean"] is None:
             continue

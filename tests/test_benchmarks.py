@@ -116,7 +116,7 @@ def test_accuracy_smoke(accuracy_result):
         assert 0 <= run["t2i_r1"] <= 100
         assert 0 <= run["object_patch_kept"] <= 1
         assert run["keep_ratio"] == 0.5
-    summary = accuracy_result["summary"]
+    summary = accuracy_result["summary"]["runs"]
     assert summary["aclip"]["zeroshot_top1"]["n"] == 1
     assert summary["flip_0.5"]["zeroshot_top1"]["mean"] == runs[0]["zeroshot_top1"]
 
@@ -167,3 +167,66 @@ def test_peak_rss_reset():
     block = bytearray(64 * 2**20)
     block[:: 4096] = b"\x01" * len(block[:: 4096])  # touch every page so it becomes resident
     assert _common.peak_rss_mb() >= before + 48
+
+
+def _record(run: str, seed: int, top1: float, seconds: float) -> dict:
+    return {"run": run, "preset": run.split("_")[0], "keep_ratio": 0.5, "seed": seed, "zeroshot_top1": top1,
+            "t2i_r1": top1 / 2, "object_patch_kept": top1 / 100, "train_seconds": seconds}
+
+
+def test_accuracy_comparisons_pair_by_seed():
+    import accuracy
+
+    runs = [_record("attentive_0.5", 0, 20.0, 30.0), _record("flip_0.5", 0, 15.0, 20.0),
+            _record("attentive_0.5", 1, 18.0, 33.0), _record("flip_0.5", 1, 17.0, 22.0),
+            # Seed 2 has no random-selection twin, so it must not enter the paired difference.
+            _record("attentive_0.5", 2, 90.0, 30.0), _record("clip", 0, 16.0, 60.0)]
+    summary = accuracy.summarize_runs(runs)
+    assert summary["runs"]["attentive_0.5"]["zeroshot_top1"]["n"] == 3
+    pair = summary["comparisons"]["attentive_vs_random_0.5"]
+    assert pair["seeds"] == [0, 1]
+    assert pair["zeroshot_top1"]["per_seed"] == [5.0, 1.0]
+    assert pair["zeroshot_top1"]["mean"] == 3.0
+    assert math.isclose(pair["zeroshot_top1"]["std"], math.sqrt(8.0))
+    assert math.isclose(pair["object_patch_kept"]["mean"], 0.03)
+    timing = summary["comparisons"]["attentive_0.5_time_vs_clip"]
+    assert timing["seeds"] == [0]
+    assert timing["train_seconds_ratio"]["per_seed"] == [0.5]
+    # Pairs of which one run is missing are left out rather than reported empty.
+    assert "aclip_vs_slip" not in summary["comparisons"]
+
+
+def test_accuracy_resummarize(tmp_path):
+    import accuracy
+
+    path = tmp_path / "result.json"
+    runs = [_record("attentive_0.25", 0, 14.0, 30.0), _record("flip_0.25", 0, 12.0, 20.0)]
+    path.write_text(json.dumps({"config": {}, "runs": runs, "summary": {}}))
+    accuracy.main(["--resummarize", str(path)])
+    summary = json.loads(path.read_text())["summary"]
+    assert summary["comparisons"]["attentive_vs_random_0.25"]["zeroshot_top1"]["per_seed"] == [2.0]
+    with pytest.raises(SystemExit):
+        accuracy.parse_args([])
+
+
+def test_report_tables():
+    import accuracy
+    import report
+
+    runs = [_record("attentive_0.5", seed, 20.0 + seed, 30.0) for seed in (0, 1)]
+    runs += [_record("flip_0.5", seed, 15.0, 20.0) for seed in (0, 1)]
+    text = report.accuracy_tables({"summary": accuracy.summarize_runs(runs)})
+    assert "| `attentive_0.5` | `attentive` | 0.50 | 2 | 20.5 ± 0.7 |" in text
+    assert "| attentive - random, keep 0.5 | +5.5 ± 0.7 (+5.0, +6.0) |" in text
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_report_from_smoke_files(tmp_path, speed_result, accuracy_result):
+    import report
+
+    (tmp_path / "speed.json").write_text(json.dumps(speed_result))
+    (tmp_path / "accuracy.json").write_text(json.dumps(accuracy_result))
+    text = report.main(["--speed", str(tmp_path / "speed.json"), "--accuracy", str(tmp_path / "accuracy.json")])
+    assert "| `flip_0.5` | `flip` | 0.50 | 1 |" in text
+    assert "| `aclip_learned` | 17, 9, 9 |" in text

@@ -1,0 +1,110 @@
+"""Print the Markdown tables of docs/benchmarks.md from the JSON files the benchmark scripts write.
+
+    python benchmarks/report.py --accuracy benchmarks/results/accuracy_fmnist.json
+    python benchmarks/report.py --speed benchmarks/results/speed_cpu.json
+
+Accuracy: one row per run with the mean and standard deviation over seeds, then one row per
+paired comparison (differences of runs that share a seed). Speed: one row per preset.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+# Comparison name -> how the page words it.
+COMPARISON_LABELS = {
+    "attentive_vs_random_0.5": "attentive - random, keep 0.5",
+    "attentive_vs_random_0.25": "attentive - random, keep 0.25",
+    "attentive_0.5_vs_clip": "attentive 0.5 - `clip`",
+    "aclip_vs_slip": "`aclip` - `slip`",
+    "aclip_vs_clip": "`aclip` - `clip`",
+    "learned_vs_aclip": "learned scorer - attention scorer (`aclip`)",
+    "aclip_time_vs_slip": "`aclip` / `slip` training time",
+    "attentive_0.5_time_vs_clip": "attentive 0.5 / `clip` training time",
+}
+
+
+def _spread(stats: dict, scale: float = 1.0, digits: int = 1) -> str:
+    if stats["mean"] is None:
+        return "-"
+    mean = stats["mean"] * scale
+    if stats["n"] < 2:
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ± {stats['std'] * scale:.{digits}f}"
+
+
+def _signed(stats: dict, scale: float = 1.0, digits: int = 1) -> str:
+    if stats["mean"] is None:
+        return "-"
+    text = f"{stats['mean'] * scale:+.{digits}f}"
+    if stats["n"] > 1:
+        text += f" ± {stats['std'] * scale:.{digits}f}"
+    values = ", ".join(f"{value * scale:+.{digits}f}" for value in stats["per_seed"])
+    return f"{text} ({values})"
+
+
+def accuracy_tables(result: dict) -> str:
+    """Markdown tables of one ``accuracy.py`` result: runs, then paired comparisons."""
+    summary = result["summary"]
+    lines = ["| run | preset | keep ratio | seeds | zero-shot top-1 (%) | T2I R@1 (%) | item patches kept | "
+             "train time (s) |", "|---|---|---|---|---|---|---|---|"]
+    for name, entry in summary["runs"].items():
+        lines.append(f"| `{name}` | `{entry['preset']}` | {entry['keep_ratio']:.2f} | {entry['zeroshot_top1']['n']} | "
+                     f"{_spread(entry['zeroshot_top1'])} | {_spread(entry['t2i_r1'])} | "
+                     f"{_spread(entry['object_patch_kept'], digits=2)} | {_spread(entry['train_seconds'], digits=0)} |")
+    lines += ["", "| comparison (paired by seed) | zero-shot top-1 (points) | T2I R@1 (points) | "
+              "item patches kept | time ratio |", "|---|---|---|---|---|"]
+    for name, entry in summary["comparisons"].items():
+        label = COMPARISON_LABELS.get(name, name)
+        if "train_seconds_ratio" in entry:
+            lines.append(f"| {label} | | | | {_signed_ratio(entry['train_seconds_ratio'])} |")
+        else:
+            lines.append(f"| {label} | {_signed(entry['zeroshot_top1'])} | {_signed(entry['t2i_r1'])} | "
+                         f"{_signed(entry['object_patch_kept'], digits=2)} | |")
+    return "\n".join(lines)
+
+
+def _signed_ratio(stats: dict) -> str:
+    text = f"{stats['mean']:.2f}"
+    if stats["n"] > 1:
+        text += f" ± {stats['std']:.2f}"
+    return text
+
+
+def speed_table(result: dict) -> str:
+    """Markdown table of one ``speed.py`` result."""
+    lines = ["| preset | tokens per pass | step (s) | measured vs `clip` | FLOP-ideal vs `clip` | efficiency | "
+             "masking overhead (% of step) | peak memory (MiB) |", "|---|---|---|---|---|---|---|---|"]
+    for name, entry in result["presets"].items():
+        tokens = ", ".join(str(count) for count in entry["tokens_per_pass"])
+        overhead = entry.get("masking_overhead_fraction")
+        overhead_text = f"{100 * overhead:.2f}" if overhead is not None else "-"
+        memory = entry.get("peak_memory_mb")
+        memory_text = f"{memory:.0f}" if memory is not None else "-"
+        lines.append(f"| `{name}` | {tokens} | {entry['step_seconds']:.3f} | {entry['ratio_to_clip']:.2f} | "
+                     f"{entry['flop_ratio_to_clip']:.2f} | {entry['efficiency']:.2f} | {overhead_text} | "
+                     f"{memory_text} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> str:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--accuracy", type=Path, nargs="*", default=[], help="JSON files of benchmarks/accuracy.py")
+    parser.add_argument("--speed", type=Path, nargs="*", default=[], help="JSON files of benchmarks/speed.py")
+    args = parser.parse_args(argv)
+    if not args.accuracy and not args.speed:
+        parser.error("give at least one result file with --accuracy or --speed")
+    parts = []
+    for path in args.accuracy:
+        parts.append(f"<!-- {path} -->\n{accuracy_tables(json.loads(path.read_text()))}")
+    for path in args.speed:
+        parts.append(f"<!-- {path} -->\n{speed_table(json.loads(path.read_text()))}")
+    text = "\n\n".join(parts)
+    print(text)
+    return text
+
+
+if __name__ == "__main__":
+    main()
