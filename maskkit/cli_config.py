@@ -69,6 +69,51 @@ def _check_override_key(cfg, key: str) -> None:
     if len(parts) == 1 and parts[0] not in cfg:
         raise _usage_error(f"invalid --cfg-options key {key!r}: not a top-level entry of the recipe; "
                            f"valid keys: {', '.join(sorted(cfg.keys()))}")
+    if len(parts) > 1 and hasattr(node, "keys") and parts[-1] not in node and "type" in node:
+        _check_new_argument(node["type"], parts[-1], key)
+
+
+def _resolve_type(type_name: Any) -> Any:
+    """Return the class or function that a config's ``type`` names in MMEngine's registries, or None."""
+    if not isinstance(type_name, str):
+        return type_name if callable(type_name) else None
+    from mmengine.registry import Registry
+    from mmengine.registry import root as mmengine_root
+
+    import maskkit.integrations.mmengine  # noqa: F401  (registers maskkit's classes)
+
+    for root in vars(mmengine_root).values():
+        if not isinstance(root, Registry) or root.parent is not None:
+            continue
+        registry = root.children.get("maskkit", root)
+        found = registry.get(type_name)
+        if found is not None:
+            return found
+    return None
+
+
+def _check_new_argument(type_name: Any, argument: str, key: str) -> None:
+    """Reject a new config entry that the component named by ``type_name`` cannot take as an argument.
+
+    Components that take ``**kwargs`` and types that no registry contains are accepted, because
+    their arguments cannot be listed before they are built.
+    """
+    import inspect
+
+    target = _resolve_type(type_name)
+    if target is None:
+        return
+    try:
+        signature = inspect.signature(target.__init__ if inspect.isclass(target) else target)
+    except (TypeError, ValueError):
+        return
+    parameters = signature.parameters
+    if argument in parameters or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return
+    valid = sorted(name for name, p in parameters.items()
+                   if name != "self" and p.kind not in (inspect.Parameter.VAR_POSITIONAL,))
+    raise _usage_error(f"invalid --cfg-options key {key!r}: {type_name} takes no argument {argument!r}; "
+                       f"valid arguments: {', '.join(valid)}")
 
 
 def _replace_strings(node: Any, old: str, new: str) -> Any:

@@ -69,6 +69,26 @@ def test_invalid_override_key_lists_valid_keys(capsys):
     assert "train_cfg" in err
 
 
+@pytest.mark.parametrize("option, message", [
+    ("train_cfg.max_iter=3", "IterBasedTrainLoop takes no argument 'max_iter'; valid arguments: dataloader, "
+                             "dynamic_intervals, max_iters"),
+    ("optim_wrapper.optimizer.lrr=1e-3", "AdamW takes no argument 'lrr'"),
+    ("model.presett=flip", "MaskKitCLIP takes no argument 'presett'"),
+])
+def test_misspelled_leaf_key_exits_2(capsys, option, message):
+    assert main(["train", "clip_tiny", "--cfg-options", option]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_new_leaf_key_the_component_takes_is_accepted():
+    from maskkit.cli_config import load_recipe_config
+
+    # Neither key is in the recipe, but IterBasedTrainLoop and AdamW take both.
+    cfg, _ = load_recipe_config("clip_tiny", ["train_cfg.val_begin=2", "optim_wrapper.optimizer.amsgrad=True"])
+    assert cfg.train_cfg.val_begin == 2
+    assert cfg.optim_wrapper.optimizer.amsgrad is True
+
+
 def test_override_without_equals_exits_2(capsys):
     assert main(["train", "clip_tiny", "--cfg-options", "train_cfg.max_iters"]) == 2
     assert "expected KEY=VALUE" in capsys.readouterr().err
