@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from maskkit.data.build_embedded import SPLITS, build_split, load_textures, read_idx
-from maskkit.data.compose import compose, crop_backgrounds, tint
+from maskkit.data.compose import render_arrays
 from maskkit.data.embedded import CANVAS_SIZE, CAPTION_TEMPLATES, EMBEDDED_CLASSNAMES, TEXTURE_NAMES, with_article
 
 CIFAR10_CLASSNAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -94,15 +94,7 @@ class ClutterSet:
         return int(self.labels.size)
 
     def render(self, indices) -> tuple[torch.Tensor, torch.Tensor]:
-        a = self.arrays
-        indices = np.asarray(indices, dtype=np.int64).reshape(-1)
-        gray = crop_backgrounds(a["textures"], a["texture_index"][indices], a["offsets"][indices].astype(np.int64),
-                                a["orientation"][indices], CANVAS_SIZE)
-        backgrounds = tint(gray, a["background_colors"][indices])
-        items = a["items"][indices]
-        colors = a["item_colors"][indices] if items.ndim == 3 else None
-        images, boxes = compose(backgrounds, items, a["top_left"][indices].astype(np.int64),
-                                a["sizes"][indices].astype(np.int64), item_colors=colors)
+        images, boxes = render_arrays(self.arrays, indices, CANVAS_SIZE)
         return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(boxes)
 
     def caption_table(self, tokenizer) -> torch.Tensor:

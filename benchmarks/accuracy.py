@@ -206,9 +206,9 @@ def evaluate(method, data: ClutterSet, captions: torch.Tensor, tokenizer, batch:
             "object_patch_kept": float(np.mean(kept_shares)) if kept_shares else 1.0}
 
 
-# The paper's expectations as paired differences: (name, run A, run B, kind). "diff" compares A - B
-# per metric; "time_ratio" divides A's training time by B's. Pairs share a seed, so the spread over
-# seeds is that of the per-seed differences.
+# The paper's expectations as paired comparisons (name, run A, run B, kind). A "diff" is A - B for
+# each metric, and a "time_ratio" is A's training time over B's. Both runs of a pair share a seed, so
+# the spread over seeds is that of the per-seed differences.
 COMPARISONS = (
     ("attentive_vs_random_0.5", "attentive_0.5", "flip_0.5", "diff"),
     ("attentive_vs_random_0.25", "attentive_0.25", "flip_0.25", "diff"),
@@ -228,7 +228,7 @@ def _stats(values: list[float]) -> dict:
 
 
 def compare_runs(runs: list[dict]) -> dict:
-    """Per-seed paired differences (or time ratios) of the run pairs in ``COMPARISONS`` that both ran."""
+    """Return the per-seed differences (or time ratios) of the run pairs in ``COMPARISONS`` that both ran."""
     by_key = {(run["run"], run["seed"]): run for run in runs}
     comparisons: dict[str, dict] = {}
     for name, first, second, kind in COMPARISONS:
@@ -249,7 +249,7 @@ def compare_runs(runs: list[dict]) -> dict:
 
 
 def summarize_runs(runs: list[dict]) -> dict:
-    """``{"runs": {RUN: {metric: {"mean", "std", "n"}}}, "comparisons": compare_runs(runs)}``."""
+    """Return ``{"runs": {RUN: {metric: {"mean", "std", "n"}}}, "comparisons": compare_runs(runs)}``."""
     summary: dict[str, dict] = {}
     for name in dict.fromkeys(run["run"] for run in runs):
         chosen = [run for run in runs if run["run"] == name]

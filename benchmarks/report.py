@@ -13,7 +13,7 @@ import argparse
 import json
 from pathlib import Path
 
-# Comparison name -> how the page words it.
+# Label of each comparison in the printed table.
 COMPARISON_LABELS = {
     "attentive_vs_random_0.5": "attentive - random, keep 0.5",
     "attentive_vs_random_0.25": "attentive - random, keep 0.25",
@@ -46,7 +46,7 @@ def _signed(stats: dict, scale: float = 1.0, digits: int = 1) -> str:
 
 
 def accuracy_tables(result: dict) -> str:
-    """Markdown tables of one ``accuracy.py`` result: runs, then paired comparisons."""
+    """Return the Markdown tables of one ``accuracy.py`` result: runs, then paired comparisons."""
     summary = result["summary"]
     lines = ["| run | preset | keep ratio | seeds | zero-shot top-1 (%) | T2I R@1 (%) | item patches kept | "
              "train time (s) |", "|---|---|---|---|---|---|---|---|"]
@@ -74,7 +74,7 @@ def _signed_ratio(stats: dict) -> str:
 
 
 def speed_table(result: dict) -> str:
-    """Markdown table of one ``speed.py`` result."""
+    """Return the Markdown table of one ``speed.py`` result."""
     lines = ["| preset | tokens per pass | step (s) | measured vs `clip` | FLOP-ideal vs `clip` | efficiency | "
              "masking overhead (% of step) | peak memory (MiB) |", "|---|---|---|---|---|---|---|---|"]
     for name, entry in result["presets"].items():

@@ -115,6 +115,10 @@ def _validate_selection(scores, grid, block_size, strategy, temperature, random_
             )
         if grid[0] % block_size or grid[1] % block_size:
             raise ValueError(f"grid {tuple(grid)} is not divisible by block_size={block_size}")
+    _check_strategy(strategy, temperature, random_fraction)
+
+
+def _check_strategy(strategy: str, temperature: float, random_fraction: float) -> None:
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
     if not _is_real(temperature) or not temperature > 0:
@@ -302,12 +306,7 @@ class TokenSelector(nn.Module):
             _check_keep_ratio(eval_keep_ratio, "eval_keep_ratio")
         if not _is_int(block_size) or block_size < 1:
             raise ValueError(f"block_size must be an integer >= 1, got {block_size!r}")
-        if strategy not in STRATEGIES:
-            raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
-        if not _is_real(temperature) or not temperature > 0:
-            raise ValueError(f"temperature must be a number > 0, got {temperature!r}")
-        if not _is_real(random_fraction) or not 0.0 <= random_fraction < 1.0:
-            raise ValueError(f"random_fraction must be a number in [0, 1), got {random_fraction!r}")
+        _check_strategy(strategy, temperature, random_fraction)
         if not _is_int(num_prefix_tokens) or num_prefix_tokens < 0:
             raise ValueError(f"num_prefix_tokens must be an integer >= 0, got {num_prefix_tokens!r}")
         self.keep_ratio = keep_ratio

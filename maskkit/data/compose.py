@@ -176,3 +176,19 @@ def crop_backgrounds(textures: np.ndarray, texture_index: np.ndarray, offsets: n
             view = np.rot90(windows[chosen], k=code % 4, axes=(1, 2))
             out[chosen] = view[:, :, ::-1] if code >= 4 else view
     return out
+
+
+def render_arrays(arrays: dict, indices: np.ndarray, canvas_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Compose the samples ``indices`` of a split stored as arrays (the layout ``build_split`` writes).
+
+    Returns (n, S, S, 3) uint8 images and (n, 4) float32 normalised xyxy item boxes. Gray items are
+    pasted in their ``item_colors`` and colour items as they are.
+    """
+    indices = np.asarray(indices, dtype=np.int64).reshape(-1)
+    gray = crop_backgrounds(arrays["textures"], arrays["texture_index"][indices],
+                            arrays["offsets"][indices].astype(np.int64), arrays["orientation"][indices], canvas_size)
+    backgrounds = tint(gray, arrays["background_colors"][indices])
+    items = arrays["items"][indices]
+    colors = arrays["item_colors"][indices] if items.ndim == 3 else None
+    return compose(backgrounds, items, arrays["top_left"][indices].astype(np.int64),
+                   arrays["sizes"][indices].astype(np.int64), item_colors=colors)

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from maskkit.data.compose import compose, crop_backgrounds, tint
+from maskkit.data.compose import render_arrays
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 ASSET_FILES = {"train": "embedded_train.npy.xz", "test": "embedded_test.npy.xz"}
@@ -122,13 +122,7 @@ class EmbeddedDataset(Dataset):
 
     def render(self, indices) -> tuple[torch.Tensor, torch.Tensor]:
         """Compose samples ``indices``: images (n, 3, S, S) uint8 and boxes (n, 4) float32 normalised xyxy."""
-        a = self.arrays
-        indices = np.asarray(indices, dtype=np.int64).reshape(-1)
-        gray = crop_backgrounds(a["textures"], a["texture_index"][indices], a["offsets"][indices].astype(np.int64),
-                                a["orientation"][indices], CANVAS_SIZE)
-        backgrounds = tint(gray, a["background_colors"][indices])
-        images, boxes = compose(backgrounds, a["items"][indices], a["top_left"][indices].astype(np.int64),
-                                a["sizes"][indices].astype(np.int64), item_colors=a["item_colors"][indices])
+        images, boxes = render_arrays(self.arrays, indices, CANVAS_SIZE)
         images = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
         if self.image_size != CANVAS_SIZE:
             resized = torch.nn.functional.interpolate(images.float(), size=(self.image_size,) * 2, mode="bilinear",

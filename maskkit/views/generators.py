@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from maskkit.views.boxes import CropSpec, crop_resize, sample_crop_boxes, whole_image_boxes
+from maskkit.views.base import Views
 from maskkit.views.colour import ColourSpec, apply_colour, sample_colour_params
 
 __all__ = ["CLIP_MEAN", "CLIP_STD", "ViewSpec", "ViewGenerator", "rank_generator"]
@@ -154,6 +155,17 @@ class ViewGenerator(nn.Module):
         if generator is not None and torch.device(generator.device).type != images.device.type:
             raise ValueError(f"generator is on {generator.device} but images are on {images.device}; "
                              "create it with torch.Generator(device=images.device) or maskkit.views.rank_generator")
+
+    def render_specs(self, images: torch.Tensor, specs, generator: Optional[torch.Generator],
+                     teacher_index: Optional[int] = None) -> Views:
+        """Check ``generator``, then make one view of uint8 or float ``images`` per spec, in order."""
+        self.check_generator(generator, images)
+        images = self.to_unit_range(images)
+        rendered = [self.render(images, spec, generator) for spec in specs]
+        return Views(views=[view for view, _, _ in rendered],
+                     boxes=torch.stack([boxes for _, boxes, _ in rendered]),
+                     flipped=torch.stack([flipped for _, _, flipped in rendered]),
+                     teacher_index=teacher_index, names=tuple(spec.name for spec in specs))
 
     def render(self, images: torch.Tensor, spec: ViewSpec, generator: Optional[torch.Generator],
                boxes: Optional[torch.Tensor] = None):

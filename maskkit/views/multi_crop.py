@@ -50,10 +50,4 @@ class MultiCropViews(ViewGenerator):
         self.teacher_index = teacher_index
 
     def forward(self, images: torch.Tensor, generator: Optional[torch.Generator] = None) -> Views:
-        self.check_generator(generator, images)
-        images = self.to_unit_range(images)
-        rendered = [self.render(images, spec, generator) for spec in self.specs]
-        return Views(views=[view for view, _, _ in rendered],
-                     boxes=torch.stack([boxes for _, boxes, _ in rendered]),
-                     flipped=torch.stack([flipped for _, _, flipped in rendered]),
-                     teacher_index=self.teacher_index, names=tuple(spec.name for spec in self.specs))
+        return self.render_specs(images, self.specs, generator, teacher_index=self.teacher_index)
