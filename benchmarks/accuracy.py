@@ -94,7 +94,7 @@ def build_run(run: str, seed: int, args):
     if spec.get("ema") or "byol" in spec.get("objectives", {}) or overrides.get("scorer") == "learned":
         # Short runs: scale the EMA start decay to the run length and score randomly until the
         # teacher has seen some training.
-        options.update(start_decay="auto", teacher_warmup_steps=int(args.steps * args.teacher_warmup))
+        options.update(start_decay=args.start_decay, teacher_warmup_steps=int(args.steps * args.teacher_warmup))
     model = build_model(seed)
     method = maskkit.build_method(preset, model, total_steps=args.steps, **options)
     return method, float(method.preset.get("keep_ratio") or 1.0) if method.selector is not None else 1.0
@@ -260,6 +260,15 @@ def summarize_runs(runs: list[dict]) -> dict:
     return {"runs": summary, "comparisons": compare_runs(runs)}
 
 
+def _decay(text: str):
+    if text == "auto":
+        return text
+    value = float(text)
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"start decay must be 'auto' or a number in (0, 1), got {text!r}")
+    return value
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", help="output JSON file (required unless --resummarize)")
@@ -277,6 +286,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--weight-decay", type=float, default=0.1, help="AdamW weight decay (default 0.1)")
     parser.add_argument("--teacher-warmup", type=float, default=0.1,
                         help="share of the steps with random selection before teacher scores are used")
+    parser.add_argument("--start-decay", type=_decay, default="auto",
+                        help="EMA teacher start decay: a number in (0, 1), or 'auto' to scale the preset's "
+                             "0.996 to the run length (default auto)")
     parser.add_argument("--train-per-class", type=int, default=1000, help="training items per class")
     parser.add_argument("--test-per-class", type=int, default=100, help="test items per class")
     parser.add_argument("--runs", nargs="+", default=list(RUNS), choices=list(RUNS), help="runs of the grid")
@@ -313,6 +325,7 @@ def main(argv=None) -> dict:
     config = machine_info(torch.device("cpu"))
     config.update(source=args.source, data_root=str(args.data_root), steps=args.steps, batch=args.batch,
                   lr=args.lr, weight_decay=args.weight_decay, teacher_warmup=args.teacher_warmup,
+                  start_decay=args.start_decay,
                   seeds=args.seeds, train_items=len(train_set), test_items=len(test_set), model=MODEL,
                   heads=HEADS, canvas=112, item_size_px=[28, 40], grid=[8, 8],
                   reduced=bool(args.reduced or args.smoke), smoke=args.smoke,

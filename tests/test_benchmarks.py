@@ -230,3 +230,12 @@ def test_report_from_smoke_files(tmp_path, speed_result, accuracy_result):
     text = report.main(["--speed", str(tmp_path / "speed.json"), "--accuracy", str(tmp_path / "accuracy.json")])
     assert "| `flip_0.5` | `flip` | 0.50 | 1 |" in text
     assert "| `aclip_learned` | 17, 9, 9 |" in text
+
+
+def test_accuracy_start_decay_option():
+    import accuracy
+
+    assert accuracy.parse_args(["--out", "r.json"]).start_decay == "auto"
+    assert accuracy.parse_args(["--out", "r.json", "--start-decay", "0.99"]).start_decay == 0.99
+    with pytest.raises(SystemExit):
+        accuracy.parse_args(["--out", "r.json", "--start-decay", "1.5"])
