@@ -323,7 +323,8 @@ def main(argv=None) -> dict:
     captions = train_set.caption_table(tokenizer)
 
     config = machine_info(torch.device("cpu"))
-    config.update(source=args.source, data_root=str(args.data_root), steps=args.steps, batch=args.batch,
+    config.update(source=args.source, num_classes=len(train_set.classnames), data_root=str(args.data_root),
+                  steps=args.steps, batch=args.batch,
                   lr=args.lr, weight_decay=args.weight_decay, teacher_warmup=args.teacher_warmup,
                   start_decay=args.start_decay,
                   seeds=args.seeds, train_items=len(train_set), test_items=len(test_set), model=MODEL,

@@ -21,6 +21,9 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
 
+# One marker per run, so runs at the same point stay apart in the legend.
+MARKERS = ("o", "s", "^", "v", "D", "P", "X", "*", "h", "<", ">")
+
 
 def _machine(config: dict) -> str:
     load = config.get("load_average_start")
@@ -30,11 +33,14 @@ def _machine(config: dict) -> str:
 
 def plot_accuracy_vs_time(result: dict, path: Path) -> Path:
     """Scatter zero-shot top-1 (mean, std over seeds) against mean training seconds for each run."""
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    for name, entry in result["summary"]["runs"].items():
+    fig, ax = plt.subplots(figsize=(7.6, 4.4))
+    for index, (name, entry) in enumerate(result["summary"]["runs"].items()):
         x, y = entry["train_seconds"]["mean"], entry["zeroshot_top1"]["mean"]
-        ax.errorbar(x, y, yerr=entry["zeroshot_top1"]["std"], fmt="o", capsize=3)
-        ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        ax.errorbar(x, y, xerr=entry["train_seconds"]["std"], yerr=entry["zeroshot_top1"]["std"],
+                    fmt=MARKERS[index % len(MARKERS)], capsize=3, label=name)
+    chance = 100.0 / result["config"].get("num_classes", 10)
+    ax.axhline(chance, color="gray", linestyle=":", linewidth=1, label="chance")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     config = result["config"]
     label = "reduced grid" if config.get("reduced") else "full grid"
     ax.set_xlabel("training time (s)")
@@ -51,20 +57,19 @@ def plot_accuracy_vs_time(result: dict, path: Path) -> Path:
 
 def plot_object_patches(result: dict, path: Path) -> Path:
     """Plot the share of item patches kept against the keep ratio, with random selection's diagonal."""
-    fig, ax = plt.subplots(figsize=(5.6, 4.4))
+    fig, ax = plt.subplots(figsize=(7.0, 4.4))
     ax.plot([0, 1], [0, 1], color="gray", linestyle="--", label="random selection (expected)")
-    for name, entry in result["summary"]["runs"].items():
+    for index, (name, entry) in enumerate(result["summary"]["runs"].items()):
         kept = entry["object_patch_kept"]
         if kept["mean"] is None:
             continue
-        ax.errorbar(entry["keep_ratio"], kept["mean"], yerr=kept["std"], fmt="o", capsize=3)
-        ax.annotate(name, (entry["keep_ratio"], kept["mean"]), textcoords="offset points", xytext=(4, -10),
-                    fontsize=8)
+        ax.errorbar(entry["keep_ratio"], kept["mean"], yerr=kept["std"], fmt=MARKERS[index % len(MARKERS)],
+                    capsize=3, label=name)
     ax.set_xlim(0, 1.05)
     ax.set_ylim(0, 1.05)
     ax.set_xlabel("keep ratio")
     ax.set_ylabel("share of item patches kept (test images)")
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     ax.grid(alpha=0.3)
     fig.text(0.01, 0.01, _machine(result["config"]), fontsize=7)
     fig.tight_layout(rect=(0, 0.03, 1, 1))
