@@ -181,15 +181,36 @@ class PhaseTimer:
 
 
 def write_json(path: str | Path, payload: Mapping[str, Any]) -> Path:
-    """Write ``payload`` as indented JSON (NaN becomes null) and return the path."""
+    """Write ``payload`` as indented JSON (NaN becomes null) and return the path.
+
+    The text goes to a temporary file beside ``path`` that then replaces it, so an interrupted write
+    leaves the previous file whole.
+    """
     for key in REQUIRED_TOP_LEVEL:
         if key not in payload:
             raise ValueError(f"benchmark result is missing the top-level key {key!r}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(_finite(payload), indent=2, sort_keys=False) + "\n")
+    partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    partial.write_text(json.dumps(_finite(payload), indent=2, sort_keys=False) + "\n")
+    os.replace(partial, path)
     logger.info("wrote %s", path)
     return path
+
+
+def read_result(path: str | Path, key: str, script: str) -> dict:
+    """Read a result file that ``script`` wrote; raise SystemExit naming the file when it is not one."""
+    path = Path(path)
+    if not path.is_file():
+        raise SystemExit(f"result file not found: {path}")
+    try:
+        result = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise SystemExit(f"{path} is not JSON ({error})") from None
+    if not isinstance(result, dict) or key not in result:
+        raise SystemExit(f"{path} is not a result of {script} (it has no {key!r} entry); give a file that "
+                         f"{script} wrote")
+    return result
 
 
 def _finite(value: Any) -> Any:

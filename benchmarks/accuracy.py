@@ -63,6 +63,10 @@ MODEL = {
 }
 # Smaller SimCLR / BYOL heads than A-CLIP's 4096-wide MLPs, in proportion to the width-128 tower.
 HEADS = {"head_hidden_dim": 512, "head_out_dim": 128}
+# Folder under --data-root and the files it must hold, per item source.
+SOURCE_FOLDERS = {"fashion_mnist": "fashion-mnist", "cifar10": "cifar10"}
+SOURCE_FILES = {"fashion_mnist": "the four Fashion-MNIST IDX .gz files",
+                "cifar10": "the CIFAR-10 webdataset shards train-*.tar and test-*.tar"}
 METRICS = ("zeroshot_top1", "t2i_r1", "object_patch_kept", "train_seconds")
 
 
@@ -295,11 +299,22 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--reduced", action="store_true",
                         help="label the result as a reduced grid (fewer seeds or steps than the full one)")
     parser.add_argument("--smoke", action="store_true",
-                        help="two runs, 2 steps, 10 test items per class: checks the script, not the numbers")
+                        help="check the script, not the numbers: runs flip_0.5 and aclip with seed 0 for 2 steps "
+                             "at batch 8 on 10 training and 2 test items per class, in place of --runs, --seeds, "
+                             "--steps, --batch and the per-class counts")
     parser.add_argument("--verbose", action="store_true", help="log progress")
     args = parser.parse_args(argv)
     if args.out is None and args.resummarize is None:
         parser.error("--out FILE is required (or --resummarize FILE to update an existing result)")
+    if args.out is not None and args.resummarize is not None:
+        parser.error("--resummarize rewrites FILE in place and takes no --out; give one of them")
+    if args.resummarize is not None and not args.resummarize.is_file():
+        parser.error(f"--resummarize: result file not found: {args.resummarize}")
+    if args.resummarize is None:
+        folder = args.data_root / SOURCE_FOLDERS[args.source]
+        if not folder.is_dir():
+            parser.error(f"data folder not found: {folder}. Point --data-root (or $MASKKIT_TEST_DATA) at the "
+                         f"folder that holds {SOURCE_FOLDERS[args.source]}/ ({SOURCE_FILES[args.source]})")
     if args.smoke:
         args.seeds, args.steps, args.batch = [0], 2, 8
         args.train_per_class, args.test_per_class = 10, 2
@@ -311,9 +326,15 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     setup_logging(args.verbose)
     if args.resummarize is not None:
-        result = json.loads(args.resummarize.read_text())
+        try:
+            result = json.loads(args.resummarize.read_text())
+        except json.JSONDecodeError as error:
+            raise SystemExit(f"--resummarize: {args.resummarize} is not JSON ({error})") from None
+        if not isinstance(result, dict) or not isinstance(result.get("runs"), list):
+            raise SystemExit(f"--resummarize: {args.resummarize} has no 'runs' list; give a file that "
+                             "benchmarks/accuracy.py wrote")
         result["summary"] = summarize_runs(result["runs"])
-        write_json(args.resummarize, result)
+        print(write_json(args.resummarize, result))
         return result
     from maskkit.data import get_tokenizer
 
@@ -349,6 +370,7 @@ def main(argv=None) -> dict:
             config["complete"] = len(runs) == len(args.seeds) * len(args.runs)
             result = {"config": config, "runs": runs, "summary": summarize_runs(runs)}
             write_json(args.out, result)
+    print(args.out)
     return result
 
 

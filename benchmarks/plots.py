@@ -12,7 +12,7 @@ CLIP). Each figure is drawn only when its input file is given.
 from __future__ import annotations
 
 import argparse
-import json
+import sys
 from pathlib import Path
 
 import matplotlib
@@ -20,6 +20,10 @@ import matplotlib
 matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import read_result  # noqa: E402
 
 # One marker per run, so runs at the same point stay apart in the legend.
 MARKERS = ("o", "s", "^", "v", "D", "P", "X", "*", "h", "<", ">")
@@ -42,7 +46,7 @@ def plot_accuracy_vs_time(result: dict, path: Path) -> Path:
     ax.axhline(chance, color="gray", linestyle=":", linewidth=1, label="chance")
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     config = result["config"]
-    label = "reduced grid" if config.get("reduced") else "full grid"
+    label = "smoke run" if config.get("smoke") else "reduced grid" if config.get("reduced") else "full grid"
     ax.set_xlabel("training time (s)")
     ax.set_ylabel("zero-shot top-1 (%)")
     ax.set_title(f"{config.get('source')}: {config.get('steps')} steps, seeds {config.get('seeds')} ({label})",
@@ -111,14 +115,16 @@ def main(argv=None) -> list[Path]:
     parser.add_argument("--out-dir", type=Path, required=True, help="folder for the PNG files")
     parser.add_argument("--prefix", default="", help="prefix of the PNG file names")
     args = parser.parse_args(argv)
+    if args.accuracy is None and args.speed is None:
+        parser.error("give at least one result file with --accuracy or --speed")
     args.out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     if args.accuracy:
-        result = json.loads(args.accuracy.read_text())
+        result = read_result(args.accuracy, "summary", "benchmarks/accuracy.py")
         written.append(plot_accuracy_vs_time(result, args.out_dir / f"{args.prefix}accuracy_vs_time.png"))
         written.append(plot_object_patches(result, args.out_dir / f"{args.prefix}object_patches_vs_keep.png"))
     if args.speed:
-        result = json.loads(args.speed.read_text())
+        result = read_result(args.speed, "presets", "benchmarks/speed.py")
         written.append(plot_speed(result, args.out_dir / f"{args.prefix}speed_measured_vs_flops.png"))
     for path in written:
         print(path)

@@ -1,17 +1,23 @@
-"""Print the Markdown tables of docs/benchmarks.md from the JSON files the benchmark scripts write.
+"""Print Markdown tables of the accuracy and speed results that the benchmark scripts write.
 
     python benchmarks/report.py --accuracy benchmarks/results/accuracy_fmnist.json
     python benchmarks/report.py --speed benchmarks/results/speed_cpu.json
 
 Accuracy: one row per run with the mean and standard deviation over seeds, then one row per
-paired comparison (differences of runs that share a seed). Speed: one row per preset.
+paired comparison (differences of runs that share a seed, with the per-seed values in brackets).
+Speed: one row per preset with the main columns; the step-time table of docs/benchmarks.md adds
+the phase times and published ratios, which are in the same file.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import read_result  # noqa: E402
 
 # Label of each comparison in the printed table.
 COMPARISON_LABELS = {
@@ -98,9 +104,10 @@ def main(argv=None) -> str:
         parser.error("give at least one result file with --accuracy or --speed")
     parts = []
     for path in args.accuracy:
-        parts.append(f"<!-- {path} -->\n{accuracy_tables(json.loads(path.read_text()))}")
+        result = read_result(path, "summary", "benchmarks/accuracy.py")
+        parts.append(f"<!-- {path} -->\n{accuracy_tables(result)}")
     for path in args.speed:
-        parts.append(f"<!-- {path} -->\n{speed_table(json.loads(path.read_text()))}")
+        parts.append(f"<!-- {path} -->\n{speed_table(read_result(path, 'presets', 'benchmarks/speed.py'))}")
     text = "\n\n".join(parts)
     print(text)
     return text

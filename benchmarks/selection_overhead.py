@@ -193,7 +193,7 @@ def main(argv=None) -> dict:
     for name, sizes in towers.items():
         result["towers"][name] = measure_tower(name, sizes, args, device)
     config["load_average_end"] = load_average()
-    write_json(args.out, result)
+    print(write_json(args.out, result))
     return result
 
 

@@ -146,6 +146,8 @@ def main(argv=None) -> dict:
         print(json.dumps(memory_probe(args.memory_probe, config, args)))
         return {}
     device = torch.device(args.device)
+    # Describe the machine before the timed rounds, so load_average_start is the load they started at.
+    info = machine_info(device)
 
     runners = {name: PresetRunner(name, config, args, device) for name in args.presets}
     from maskkit.flops import flop_ratio, resolve_model_config
@@ -159,6 +161,7 @@ def main(argv=None) -> dict:
             runners[name].step(record=round_index >= args.warmup)
         logger.info("round %d/%d done", round_index + 1, args.warmup + args.repeats)
     wall = time.perf_counter() - started
+    info["load_average_end"] = load_average()
 
     results = {}
     for name, runner in runners.items():
@@ -201,10 +204,8 @@ def main(argv=None) -> dict:
             if not results[name]["meets_efficiency_target"]:
                 profiles[name] = profile_step(runners[name])
 
-    info = machine_info(device)
     info.update(configuration=key, model=config, batch=config["batch"], precision=config["precision"],
-                warmup=args.warmup, repeats=args.repeats, seed=args.seed, smoke=args.smoke,
-                wall_seconds=wall, load_average_end=load_average(),
+                warmup=args.warmup, repeats=args.repeats, seed=args.seed, smoke=args.smoke, wall_seconds=wall,
                 statistic="median of interleaved rounds after warm-up",
                 peak_memory_method=("torch.cuda.max_memory_allocated per step" if device.type == "cuda" else
                                     "RSS high-water mark (VmHWM, reset after building) of a separate "
@@ -216,7 +217,7 @@ def main(argv=None) -> dict:
     result = {"config": info, "presets": results,
               "targets": {"efficiency": TARGET_EFFICIENCY, "masking_overhead_fraction": TARGET_MASKING_OVERHEAD},
               "profiles": profiles}
-    write_json(args.out, result)
+    print(write_json(args.out, result))
     return result
 
 

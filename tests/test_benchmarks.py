@@ -232,10 +232,45 @@ def test_report_from_smoke_files(tmp_path, speed_result, accuracy_result):
     assert "| `aclip_learned` | 17, 9, 9 |" in text
 
 
-def test_accuracy_start_decay_option():
+def test_accuracy_start_decay_option(tmp_path):
     import accuracy
 
-    assert accuracy.parse_args(["--out", "r.json"]).start_decay == "auto"
-    assert accuracy.parse_args(["--out", "r.json", "--start-decay", "0.99"]).start_decay == 0.99
+    (tmp_path / "fashion-mnist").mkdir()
+    base = ["--out", "r.json", "--data-root", str(tmp_path)]
+    assert accuracy.parse_args(base).start_decay == "auto"
+    assert accuracy.parse_args(base + ["--start-decay", "0.99"]).start_decay == 0.99
     with pytest.raises(SystemExit):
-        accuracy.parse_args(["--out", "r.json", "--start-decay", "1.5"])
+        accuracy.parse_args(base + ["--start-decay", "1.5"])
+
+
+def test_accuracy_missing_data_folder(tmp_path, capsys):
+    import accuracy
+
+    with pytest.raises(SystemExit):
+        accuracy.parse_args(["--out", "r.json", "--data-root", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert f"data folder not found: {tmp_path / 'fashion-mnist'}" in err
+    assert "--data-root" in err
+
+
+def test_accuracy_resummarize_rejects_other_files(tmp_path, capsys):
+    import accuracy
+
+    with pytest.raises(SystemExit):
+        accuracy.parse_args(["--resummarize", str(tmp_path / "missing.json")])
+    assert "result file not found" in capsys.readouterr().err
+    speed_file = tmp_path / "speed.json"
+    speed_file.write_text(json.dumps({"config": {}, "presets": {}}))
+    with pytest.raises(SystemExit, match="has no 'runs' list"):
+        accuracy.main(["--resummarize", str(speed_file)])
+
+
+def test_report_rejects_wrong_result_kind(tmp_path):
+    import report
+
+    speed_file = tmp_path / "speed.json"
+    speed_file.write_text(json.dumps({"config": {}, "presets": {}}))
+    with pytest.raises(SystemExit, match="not a result of benchmarks/accuracy.py"):
+        report.main(["--accuracy", str(speed_file)])
+    with pytest.raises(SystemExit, match="result file not found"):
+        report.main(["--speed", str(tmp_path / "missing.json")])
