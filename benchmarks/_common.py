@@ -58,6 +58,9 @@ def machine_info(device: torch.device) -> dict[str, Any]:
         "platform": platform.platform(),
         "device": str(device),
         "load_average_start": load_average(),
+        # Allocator settings change CPU step times (see docs/benchmarks.md), so they are recorded.
+        "malloc_env": {key: value for key, value in os.environ.items()
+                       if key.startswith("MALLOC_") or key == "GLIBC_TUNABLES"},
     }
     try:
         import open_clip

@@ -5,8 +5,8 @@
 
 Accuracy: one row per run with the mean and standard deviation over seeds, then one row per
 paired comparison (differences of runs that share a seed, with the per-seed values in brackets).
-Speed: one row per preset with the main columns; the step-time table of docs/benchmarks.md adds
-the phase times and published ratios, which are in the same file.
+Speed: one row per preset, with the efficiency from the median and from the fastest steps, the
+teacher-forward and view times, and A-CLIP's published time ratios beside the FLOP-ideal ones.
 """
 
 from __future__ import annotations
@@ -79,19 +79,29 @@ def _signed_ratio(stats: dict) -> str:
     return text
 
 
+# A-CLIP's published training time relative to CLIP (ViT-B/16 on YFCC-15M, ICCV 2023).
+PUBLISHED_TIME_VS_CLIP = {"clip": 1.00, "slip": 2.67, "aclip": 1.16, "aclip_eff": 0.86}
+
+
 def speed_table(result: dict) -> str:
-    """Return the Markdown table of one ``speed.py`` result."""
-    lines = ["| preset | tokens per pass | step (s) | measured vs `clip` | FLOP-ideal vs `clip` | efficiency | "
-             "masking overhead (% of step) | peak memory (MiB) |", "|---|---|---|---|---|---|---|---|"]
-    for name, entry in result["presets"].items():
+    """Return the Markdown table of one ``speed.py`` result, one row per preset."""
+    presets = result["presets"]
+    fastest_clip = presets["clip"]["step_timings"]["min"]
+    lines = ["| preset | tokens per pass | step (s) | measured vs `clip` | FLOP-ideal vs `clip` | efficiency (medians) | "
+             "efficiency (fastest steps) | masking overhead (% of step) | teacher forward (s) | views (s) | "
+             "peak memory (MiB) | FLOP-ideal, paper config | published time vs CLIP |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, entry in presets.items():
         tokens = ", ".join(str(count) for count in entry["tokens_per_pass"])
-        overhead = entry.get("masking_overhead_fraction")
-        overhead_text = f"{100 * overhead:.2f}" if overhead is not None else "-"
+        fastest = entry["flop_ratio_to_clip"] / (entry["step_timings"]["min"] / fastest_clip)
+        parts = entry["forward_parts_seconds"]
         memory = entry.get("peak_memory_mb")
-        memory_text = f"{memory:.0f}" if memory is not None else "-"
-        lines.append(f"| `{name}` | {tokens} | {entry['step_seconds']:.3f} | {entry['ratio_to_clip']:.2f} | "
-                     f"{entry['flop_ratio_to_clip']:.2f} | {entry['efficiency']:.2f} | {overhead_text} | "
-                     f"{memory_text} |")
+        published = PUBLISHED_TIME_VS_CLIP.get(name)
+        lines.append(f"| `{name}` | {tokens} | {entry['step_seconds']:.2f} | {entry['ratio_to_clip']:.2f} | "
+                     f"{entry['flop_ratio_to_clip']:.2f} | {entry['efficiency']:.2f} | {fastest:.2f} | "
+                     f"{100 * entry['masking_overhead_fraction']:.2f} | {parts['teacher_forward']:.2f} | "
+                     f"{parts['views']:.2f} | {'-' if memory is None else f'{memory:.0f}'} | "
+                     f"{entry['paper_flop_ratio_to_clip']:.2f} | {'-' if published is None else f'{published:.2f}'} |")
     return "\n".join(lines)
 
 
