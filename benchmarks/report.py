@@ -60,6 +60,8 @@ def accuracy_tables(result: dict) -> str:
         lines.append(f"| `{name}` | `{entry['preset']}` | {entry['keep_ratio']:.2f} | {entry['zeroshot_top1']['n']} | "
                      f"{_spread(entry['zeroshot_top1'])} | {_spread(entry['t2i_r1'])} | "
                      f"{_spread(entry['object_patch_kept'], digits=2)} | {_spread(entry['train_seconds'], digits=0)} |")
+    if not summary["comparisons"]:
+        return "\n".join(lines)
     lines += ["", "| comparison (paired by seed) | zero-shot top-1 (points) | T2I R@1 (points) | "
               "item patches kept | time ratio |", "|---|---|---|---|---|"]
     for name, entry in summary["comparisons"].items():

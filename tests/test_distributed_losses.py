@@ -102,6 +102,9 @@ def worker(rank: int, port: int, out_dir: str) -> None:
     try:
         results = {case: run_case(case, rank, WORLD_SIZE) for case in CASES}
         torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
+        # Both ranks finish their collectives before either tears down gloo: a rank that exits
+        # first while the other still runs gloo's threads can abort with "terminate called".
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
