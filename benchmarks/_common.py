@@ -202,7 +202,7 @@ def write_json(path: str | Path, payload: Mapping[str, Any]) -> Path:
 
 
 def read_result(path: str | Path, key: str, script: str) -> dict:
-    """Read a result file that ``script`` wrote; raise SystemExit naming the file when it is not one."""
+    """Read a result file that ``script`` wrote, or raise SystemExit naming the file and what is wrong."""
     path = Path(path)
     if not path.is_file():
         raise SystemExit(f"result file not found: {path}")

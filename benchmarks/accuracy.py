@@ -24,7 +24,6 @@ training-time ratios. ``--resummarize FILE`` recomputes the summary of an existi
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import os
@@ -40,7 +39,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _clutter import ClutterSet  # noqa: E402
-from _common import load_average, machine_info, setup_logging, write_json  # noqa: E402
+from _common import load_average, machine_info, read_result, setup_logging, write_json  # noqa: E402
 
 logger = logging.getLogger("benchmarks.accuracy")
 
@@ -308,8 +307,6 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error("--out FILE is required (or --resummarize FILE to update an existing result)")
     if args.out is not None and args.resummarize is not None:
         parser.error("--resummarize rewrites FILE in place and takes no --out; give one of them")
-    if args.resummarize is not None and not args.resummarize.is_file():
-        parser.error(f"--resummarize: result file not found: {args.resummarize}")
     if args.resummarize is None:
         folder = args.data_root / SOURCE_FOLDERS[args.source]
         if not folder.is_dir():
@@ -326,13 +323,7 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     setup_logging(args.verbose)
     if args.resummarize is not None:
-        try:
-            result = json.loads(args.resummarize.read_text())
-        except json.JSONDecodeError as error:
-            raise SystemExit(f"--resummarize: {args.resummarize} is not JSON ({error})") from None
-        if not isinstance(result, dict) or not isinstance(result.get("runs"), list):
-            raise SystemExit(f"--resummarize: {args.resummarize} has no 'runs' list; give a file that "
-                             "benchmarks/accuracy.py wrote")
+        result = read_result(args.resummarize, "runs", "benchmarks/accuracy.py")
         result["summary"] = summarize_runs(result["runs"])
         print(write_json(args.resummarize, result))
         return result

@@ -46,7 +46,11 @@ def plot_accuracy_vs_time(result: dict, path: Path) -> Path:
     ax.axhline(chance, color="gray", linestyle=":", linewidth=1, label="chance")
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     config = result["config"]
-    label = "smoke run" if config.get("smoke") else "reduced grid" if config.get("reduced") else "full grid"
+    label = "full grid"
+    if config.get("smoke"):
+        label = "smoke run"
+    elif config.get("reduced"):
+        label = "reduced grid"
     ax.set_xlabel("training time (s)")
     ax.set_ylabel("zero-shot top-1 (%)")
     ax.set_title(f"{config.get('source')}: {config.get('steps')} steps, seeds {config.get('seeds')} ({label})",

@@ -256,13 +256,15 @@ def test_accuracy_missing_data_folder(tmp_path, capsys):
 def test_accuracy_resummarize_rejects_other_files(tmp_path, capsys):
     import accuracy
 
-    with pytest.raises(SystemExit):
-        accuracy.parse_args(["--resummarize", str(tmp_path / "missing.json")])
-    assert "result file not found" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="result file not found"):
+        accuracy.main(["--resummarize", str(tmp_path / "missing.json")])
     speed_file = tmp_path / "speed.json"
     speed_file.write_text(json.dumps({"config": {}, "presets": {}}))
-    with pytest.raises(SystemExit, match="has no 'runs' list"):
+    with pytest.raises(SystemExit, match="not a result of benchmarks/accuracy.py"):
         accuracy.main(["--resummarize", str(speed_file)])
+    with pytest.raises(SystemExit):
+        accuracy.parse_args(["--resummarize", str(speed_file), "--out", str(tmp_path / "other.json")])
+    assert "takes no --out" in capsys.readouterr().err
 
 
 def test_report_rejects_wrong_result_kind(tmp_path):

@@ -80,7 +80,7 @@ def test_misspelled_leaf_key_exits_2(capsys, option, message):
     assert message in capsys.readouterr().err
 
 
-def test_new_leaf_key_the_component_takes_is_accepted():
+def test_valid_new_leaf_key_accepted():
     from maskkit.cli_config import load_recipe_config
 
     # Neither key is in the recipe, but IterBasedTrainLoop and AdamW take both.
